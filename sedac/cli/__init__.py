@@ -1,0 +1,57 @@
+"""The ``sedac`` command line: a thin typer layer over library functions.
+
+Each verb lives in its own module under ``sedac/cli/`` exposing ``register(app)``; heavy imports
+(torch, vLLM, Lightning) happen inside the command functions so that ``sedac --help`` is instant.
+User errors (:class:`sedac.errors.SedacError`) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="sedac",
+    help=(
+        "sedac: skip the MLP blocks of tokens the model is confident about, with a certified quality loss.\n\n"
+        "Pipeline: models pull -> collect -> train-probe -> calibrate -> serve / bench. "
+        "`sedac quickstart` runs it all on the embedded default model (SmolLM2-135M, CPU)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Verb modules, in --help order. A module is listed here only once its command is real.
+COMMAND_MODULES = [
+    "models", "collect", "train_probe", "calibrate", "probe", "serve", "bench", "quickstart",
+]
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"sedac.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"sedac.cli.{name}":
+                continue  # verb not built yet
+            raise
+        mod.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    from sedac.errors import SedacError
+
+    try:
+        app()
+    except SedacError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

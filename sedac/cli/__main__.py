@@ -1,0 +1,3 @@
+from sedac.cli import main
+
+main()
