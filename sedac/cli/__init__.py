@@ -52,6 +52,10 @@ def main() -> None:
     except SedacError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # disk full, unwritable --out, ...: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.secho(f"error: {exc.strerror or exc}{where}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

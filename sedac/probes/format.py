@@ -43,6 +43,24 @@ HEADS = ("linear", "lowrank")
 TARGETS = ("entropy", "safety")
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def fingerprint_int(fp: dict[str, Any], key: str) -> int:
+    """``fp[key]`` as a non-negative int; 0 when absent/null (unknown). Anything else is a ProbeError."""
+    v = fp.get(key)
+    if v is None:
+        return 0
+    if not _is_int(v) or v < 0:
+        raise ProbeError(f"probe metadata: model_fingerprint.{key} must be a non-negative integer, got {v!r}")
+    return v
+
+
 def band_name(band: tuple[int, int] | list[int]) -> str:
     return f"{band[0]}-{band[1]}"
 
@@ -72,14 +90,14 @@ class ProbeMeta:
         return cols
 
     def validate(self) -> None:
-        if not isinstance(self.layer, int) or self.layer < 0:
+        if not _is_int(self.layer) or self.layer < 0:
             raise ProbeError(f"probe metadata: bad layer {self.layer!r}")
         if not self.bands:
             raise ProbeError("probe metadata: no skip bands")
-        n_layers = int(self.model_fingerprint.get("num_layers", 0) or 0)
+        n_layers = fingerprint_int(self.model_fingerprint, "num_layers")
         for b in self.bands:
             if (not isinstance(b, (list, tuple)) or len(b) != 2
-                    or not all(isinstance(x, int) for x in b) or b[0] > b[1]):
+                    or not all(_is_int(x) for x in b) or b[0] > b[1]):
                 raise ProbeError(f"probe metadata: bad band {b!r}")
             if b[0] < self.layer:
                 raise ProbeError(f"probe metadata: band {band_name(b)} starts before probe layer {self.layer}")
@@ -101,13 +119,13 @@ class ProbeMeta:
     @classmethod
     def from_json(cls, text: str) -> "ProbeMeta":
         try:
-            d = json.loads(text)
+            d = json.loads(text, parse_constant=_reject_constant)  # no NaN/Infinity: to_json could not re-save it
         except (ValueError, RecursionError) as exc:
             raise ProbeError(f"probe metadata is not valid JSON: {exc}") from None
         if not isinstance(d, dict):
             raise ProbeError("probe metadata is not a JSON object")
         version = d.get("format_version")
-        if not isinstance(version, int):
+        if not _is_int(version):
             raise ProbeError("probe metadata has no integer format_version")
         if version > FORMAT_VERSION:
             raise ProbeError(
@@ -239,8 +257,8 @@ def read_probe_file(path: str | Path) -> tuple[ProbeMeta, dict[str, Any]]:
         out[name] = t
     if not bool((out["norm.std"] > 0).all()):
         raise ProbeError("probe tensor norm.std has non-positive entries")
-    hidden = meta.model_fingerprint.get("hidden_size")
-    if hidden and int(hidden) != int(mean.shape[0]):
+    hidden = fingerprint_int(meta.model_fingerprint, "hidden_size")
+    if hidden and hidden != int(mean.shape[0]):
         raise ProbeError(f"probe width {mean.shape[0]} != fingerprint hidden size {hidden}")
     return meta, out
 

@@ -15,6 +15,7 @@ teacher-forced full-sequence forwards give the same per-token decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -29,8 +30,16 @@ from sedac.runtime.mlp_ops import run_mlp
 class HFSkipper:
     """Skipping installed into an HF model. Use as a context manager or call :meth:`remove`."""
 
-    def __init__(self, model, probe, config: P.SkipConfig, impl: str = "module", record: bool = False):
+    def __init__(self, model, probe, config: P.SkipConfig, impl: str = "module", record: bool = False,
+                 batch_step: str = "forward"):
+        """``batch_step`` (batch policy only): ``"forward"`` = one step is the whole forward (all rows);
+        ``"position"`` = one step is the set of tokens at the same position across the batch rows,
+        which emulates decode steps of ``batch`` concurrent requests in a teacher-forced forward
+        (used by ``sedac calibrate``)."""
+        if batch_step not in ("forward", "position"):
+            raise ConfigError(f"batch_step must be 'forward' or 'position', got {batch_step!r}")
         self.model = model
+        self.batch_step = batch_step
         self.parts = adapt(model)
         probe.check_model(self.parts.fingerprint)
         self.probe = probe
@@ -65,6 +74,7 @@ class HFSkipper:
             self._ref = torch.tensor([x.ref for x in d], dtype=torch.float32, device=dev)
             self._gamma = torch.tensor([x.gamma for x in d], dtype=torch.float32, device=dev)
             self._k = torch.tensor([x.prior_tokens for x in d], dtype=torch.float32, device=dev)
+        self._token_config = dataclasses.replace(config, policy="token")
         self._handles: list[Any] = []
         self._orig_forward: dict[int, Any] = {}
         self._install()
@@ -127,7 +137,14 @@ class HFSkipper:
             thr = self._dynamic_thr(raw.view(bsz, seq, -1), kwargs, valid).reshape(bsz * seq, -1)
         else:
             thr = None
-        skip = P.decide(raw, self.config, thr=thr, valid=valid)
+        if self.config.policy == "batch" and self.batch_step == "position":
+            tok = P.decide(raw, self._token_config, thr=thr, valid=valid).view(bsz, seq, -1)
+            v = valid.view(bsz, seq) if valid is not None else None
+            skip = P.batch_skip(tok, v).reshape(bsz * seq, -1)  # AND over rows at each position
+            if valid is not None:
+                skip = skip & valid.unsqueeze(-1)
+        else:
+            skip = P.decide(raw, self.config, thr=thr, valid=valid)
         self._skip = skip
         if self.record:
             self.decisions.append(skip.detach().cpu())

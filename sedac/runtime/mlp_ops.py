@@ -62,12 +62,21 @@ def _skip_mlp_fake(x, keep, w_gate_up, w_down):
     return torch.empty_like(x)
 
 
+def ensure_cuda_kernels() -> None:
+    """Register the Triton CUDA kernel of ``sedac::skip_mlp`` (lazy: imports triton; idempotent)."""
+    from sedac.runtime.kernels import register
+
+    register()
+
+
 def run_mlp(mlp, x: torch.Tensor, keep: torch.Tensor, impl: str = "module") -> torch.Tensor:
     """Run ``mlp`` (an HF or vLLM MLP module) on the kept rows of ``x`` with implementation ``impl``."""
     if impl == "module":
         return masked_mlp(mlp, x, keep)
     if impl == "op":
         w_gate_up, w_down = gated_mlp_weights(mlp)
+        if x.is_cuda:
+            ensure_cuda_kernels()
         return torch.ops.sedac.skip_mlp(x, keep, w_gate_up, w_down)
     raise ValueError(f"unknown MLP implementation {impl!r}")
 

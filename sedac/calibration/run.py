@@ -1,0 +1,187 @@
+"""``sedac calibrate`` orchestration: measure risk over each policy's grid, certify with LTT, write.
+
+Guarantee stated per certified policy (see :mod:`sedac.calibration.ltt`): with probability at least
+``1 - delta`` over the draw of the calibration units, the mean per-unit risk (top-1 disagreement or
+NLL-increase indicator vs the full model, teacher-forced, on sequences drawn like the calibration
+data) of the certified setting is at most ``epsilon``. Units are sequences (token policies) or groups
+of ``--batch-concurrency`` sequences (batch policy). The guarantee holds for each policy separately;
+choosing the recommended default among policies afterwards is not covered (it would need a Bonferroni
+split of ``delta`` over the policies).
+
+Steps: (1) load model, probe, sequences; (2) full-model reference pass; (3) grid from the
+grid-selection sequences; (4) per policy, one skipped forward per grid point over all units, stopping
+early once the mean risk exceeds ``stop_factor * epsilon``; (5) split units into calibration/test,
+LTT on the calibration part, realised risk on the test part, resampling check; (6) write thresholds
+and certificates into the probe and the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sedac.calibration.bounds import min_epsilon
+from sedac.calibration.config import CalibrateConfig
+from sedac.calibration.ltt import certify, resampling_check, split_indices
+from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
+from sedac.errors import CalibrationError
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None) -> dict[str, Any]:
+    """Grid, risk matrix ``[n_units, G]`` and skip matrix for one policy (NaN after an early stop)."""
+    from sedac.calibration.risk import measure
+
+    grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
+    unit = cfg.batch_concurrency if spec.policy == "batch" else 1
+    n_units = len(seqs) // unit
+    R = np.full((n_units, len(grid)), np.nan)
+    K = np.full((n_units, len(grid)), np.nan)
+    task = bar.add_task(f"{spec.name:14s}", total=len(grid)) if bar is not None else None
+    for j, v in enumerate(grid):
+        sc = skip_config(spec, probe, v, ref, cfg.gamma, cfg.prior_tokens)
+        R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, batch_size=cfg.batch_size,
+                                   risk=cfg.risk, nll_margin=cfg.nll_margin)
+        if bar is not None:
+            bar.advance(task)
+        if cfg.stop_factor > 0 and R[:, j].mean() > cfg.stop_factor * cfg.epsilon:
+            break
+    return {"grid": grid, "risk": R, "skip": K, "unit_size": unit}
+
+
+def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, data_fp: str, ref: float) -> dict:
+    """LTT on the calibration split, held-out realised risk, resampling check -> certificate dict."""
+    R, K, grid = m["risk"], m["skip"], m["grid"]
+    rng = np.random.default_rng(cfg.seed + 1)
+    cal, test = split_indices(R.shape[0], cfg.test_fraction, rng)
+    res = certify(R[cal], cfg.epsilon, cfg.delta, cfg.bound)
+    j = res.index
+    col = lambda X, idx, k: float(np.mean(X[idx, k])) if len(idx) and not np.isnan(X[idx, k]).any() else None  # noqa: E731
+    cert = {
+        "policy": spec.policy, "mode": spec.mode, "name": spec.name, "epsilon": cfg.epsilon, "delta": cfg.delta,
+        "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": cfg.bound,
+        "procedure": "Learn-then-Test, fixed-sequence testing (conservative -> aggressive)",
+        "unit": "sequence" if m["unit_size"] == 1 else f"group of {m['unit_size']} concurrent sequences",
+        "n_sequences": int(len(cal) * m["unit_size"]), "n_units": int(len(cal)),
+        "n_tokens": int(n_tokens_per_unit[cal].sum()), "grid_size": len(grid),
+        "grid_measured": int((~np.isnan(R).any(0)).sum()), "data_fingerprint": data_fp,
+        "split": {"calibration_units": int(len(cal)), "test_units": int(len(test)), "seed": cfg.seed + 1,
+                  "test_fraction": cfg.test_fraction},
+        "certified": j is not None, "index": j,
+        "value": float(grid[j]) if j is not None else None,
+        "value_kind": "score threshold" if spec.mode == "static" else "lam (raw space)",
+        "empirical_risk": res.risks[j] if j is not None else None,
+        "upper_bound": res.ucbs[j] if j is not None else None,
+        "p_value": res.pvalues[j] if j is not None else None,
+        "skip_rate": col(K, cal, j) if j is not None else 0.0,
+        "test_risk": col(R, test, j) if j is not None else (0.0 if len(test) else None),
+        "test_skip_rate": col(K, test, j) if j is not None else (0.0 if len(test) else None),
+        "smallest_risk": float(np.nanmin(R.mean(0))) if R.size else None,
+        "smallest_ucb": float(np.nanmin(res.ucbs)) if not np.isnan(res.ucbs).all() else None,
+        "min_certifiable_epsilon": min_epsilon(len(cal), cfg.delta),
+    }
+    if spec.mode == "dynamic":
+        cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
+    curve = {"grid": list(map(float, grid)), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
+             "skip_cal": [col(K, cal, k) for k in range(len(grid))],
+             "risk_test": [col(R, test, k) for k in range(len(grid))],
+             "skip_test": [col(K, test, k) for k in range(len(grid))],
+             "risk_all": [col(R, np.arange(R.shape[0]), k) for k in range(len(grid))],
+             "skip_all": [col(K, np.arange(R.shape[0]), k) for k in range(len(grid))]}
+    resamp = (resampling_check(R, cfg.epsilon, cfg.delta, cfg.bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
+              if cfg.resamples else None)
+    if resamp is not None:
+        cert["resampling"] = {k: v for k, v in resamp.items() if k != "certified_index"}
+    return {"certificate": cert, "curve": curve, "resampling": resamp}
+
+
+def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Run calibration; write the probe (if anything is certified) and the report. Returns the summary.
+
+    Raises :class:`CalibrationError` (exit 3) when no policy certifies any grid point (the report is
+    still written).
+    """
+    import torch
+
+    from sedac.adapter import adapt
+    from sedac.calibration.data import load_cal_sequences
+    from sedac.calibration.report import write_report
+    from sedac.calibration.risk import full_pass, n_scored_tokens
+    from sedac.models.loading import load_hf
+    from sedac.probes import load_probe, update_calibration
+    from sedac.provenance import provenance
+
+    t0 = time.time()
+    probe = load_probe(cfg.probe)
+    torch.manual_seed(cfg.seed)
+    model, tok = load_hf(cfg.model, cfg.dtype, cfg.device)
+    parts = adapt(model)
+    probe.check_model(parts.fingerprint)
+    specs = [parse_policy(p) for p in cfg.policies]
+    with _progress(cfg.progress) as bar:
+        n_gen = cfg.grid_sequences + cfg.n_sequences
+        t = bar.add_task("data          ", total=n_gen if cfg.mode == "generate" else 1)
+        seqs, data_fp = load_cal_sequences(cfg, model, tok, progress=lambda k: bar.advance(t, k))
+        bar.update(t, completed=bar.tasks[t].total)
+        grid_seqs, units = seqs[: cfg.grid_sequences], seqs[cfg.grid_sequences:]
+        t = bar.add_task("full model    ", total=len(seqs))
+        full_grid = full_pass(model, parts, probe, grid_seqs, cfg.batch_size, lambda k: bar.advance(t, k))
+        full = full_pass(model, parts, probe, units, cfg.batch_size, lambda k: bar.advance(t, k))
+        pool = np.concatenate([f["raw"][s.first_scored: len(s.ids) - 1].reshape(-1).numpy()
+                               for f, s in zip(full_grid, grid_seqs)])
+        ref = float(pool.mean())
+        pool_dyn = np.concatenate([
+            dynamic_effective(f["raw"][: len(s.ids)].numpy(), ref, cfg.gamma, cfg.prior_tokens)
+            [s.first_scored: len(s.ids) - 1].reshape(-1) for f, s in zip(full_grid, grid_seqs)])
+        measured = {spec.name: measure_policy(cfg, spec, model, parts, probe, units, full,
+                                              pool if spec.mode == "static" else pool_dyn, ref, bar)
+                    for spec in specs}
+    per_seq_tokens = np.array([n_scored_tokens([s]) for s in units])
+    results = {}
+    for spec in specs:
+        m = measured[spec.name]
+        u = m["unit_size"]
+        n_units = len(units) // u
+        tok_units = per_seq_tokens[: n_units * u].reshape(n_units, u).sum(1)
+        results[spec.name] = certify_policy(cfg, spec, m, tok_units, data_fp, ref)
+    certs = [r["certificate"] for r in results.values()]
+    ok = [c for c in certs if c["certified"]]
+    prov = provenance(cfg, model_fingerprint=parts.fingerprint, probe=str(cfg.probe), data_fingerprint=data_fp,
+                      n_sequences_total=len(seqs), n_grid_sequences=len(grid_seqs),
+                      n_scored_tokens=int(per_seq_tokens.sum()), seconds=round(time.time() - t0, 1))
+    summary: dict[str, Any] = {"certificates": certs, "provenance": prov, "out": None}
+    if ok:
+        thresholds: dict[str, dict] = {}
+        for c in ok:
+            entry = threshold_entry(parse_policy(c["name"]), c["value"], ref, cfg.gamma, cfg.prior_tokens)
+            thresholds.setdefault(c["mode"], {})[c["policy"]] = {b: entry for b in probe.band_names}
+        best = max(ok, key=lambda c: (c["skip_rate"], c["mode"] == "static", c["policy"] == "token"))
+        calibration = {"thresholds": thresholds, "certificates": certs, "epsilon": cfg.epsilon, "delta": cfg.delta,
+                       "default": {"mode": best["mode"], "policy": best["policy"]},
+                       "band_sharing": "one shared threshold for all bands", "provenance": prov}
+        out = update_calibration(cfg.probe, calibration, out=cfg.out)
+        summary["out"] = str(out)
+        summary["default"] = calibration["default"]
+    report_dir = Path(cfg.report_dir) if cfg.report_dir else Path(cfg.out or cfg.probe).with_suffix("").with_name(
+        Path(cfg.out or cfg.probe).stem + ".calibration")
+    summary["report"] = write_report(report_dir, cfg, results, summary)
+    if not ok:
+        best = min((c["smallest_ucb"] for c in certs if c["smallest_ucb"] is not None), default=None)
+        lo = min((c["smallest_risk"] for c in certs if c["smallest_risk"] is not None), default=None)
+        raise CalibrationError(
+            f"nothing certified at epsilon={cfg.epsilon} (delta={cfg.delta}, bound {cfg.bound}, "
+            f"{certs[0]['n_units']} calibration units): the smallest empirical risk on the grid is "
+            f"{lo if lo is None else f'{lo:.4f}'} and the smallest achievable upper bound is "
+            f"{best if best is None else f'{best:.4f}'} (with {certs[0]['n_units']} units no bound can certify "
+            f"below {certs[0]['min_certifiable_epsilon']:.4f} even at zero risk); raise --epsilon, add --n-sequences or lower "
+            f"--grid-min-skip (report: {summary['report']['markdown']})")
+    return summary

@@ -1,0 +1,81 @@
+"""``sedac calibrate``: certify skip thresholds (Learn-then-Test) and write them into the probe."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+_HELP = """Certify the most aggressive skip setting whose quality loss stays within --epsilon with probability
+>= 1 - --delta, measured on the real HF runtime (teacher-forced, vs the full model) on sequences like --data.
+Risk per sequence: top-1 disagreement (default) or NLL increase > --nll-margin (--risk nll). Procedure:
+Learn-then-Test, fixed-sequence testing over a grid ordered conservative -> aggressive, Hoeffding-Bentkus
+p-values (or --bound wsr). Policies: static/dynamic x token/batch. Writes thresholds + certificates into the
+probe (--out, default in place) and a Markdown/PNG/JSON report. Exit 3 when nothing is certified."""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("calibrate", help=_HELP)
+    def calibrate_cmd(
+        probe: str = typer.Option(..., "--probe", help="Probe file (.safetensors) to calibrate."),
+        data: str = typer.Option("builtin", "--data", help="'builtin', a .jsonl/.json/.txt/.parquet file, or a hub id."),
+        mode: str = typer.Option("corpus", "--mode", help="corpus (text chunks) or generate (model continuations)."),
+        epsilon: float = typer.Option(0.01, "--epsilon", help="Tolerated mean per-sequence risk."),
+        delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the risk exceeds epsilon."),
+        policies: str = typer.Option("static-token,dynamic-token", "--policies",
+                                     help="Comma list of static-token, dynamic-token, static-batch, dynamic-batch."),
+        out: Optional[str] = typer.Option(None, "--out", help="Calibrated probe path (default: rewrite --probe)."),
+        report_dir: Optional[str] = typer.Option(None, "--report-dir", help="Report folder (default: <out>.calibration/)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Model alias, HF folder or hub id (default: embedded SmolLM2)."),
+        split: str = typer.Option("train", "--split", help="Dataset split (hub datasets)."),
+        field: Optional[str] = typer.Option(None, "--field", help="Text/prompt/turns/messages column (auto-detected)."),
+        chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: on in generate mode)."),
+        max_length: int = typer.Option(64, "--max-length", help="Corpus chunk length; max prompt+continuation."),
+        new_tokens: int = typer.Option(32, "--new-tokens", help="Generated tokens per prompt (generate mode)."),
+        n_sequences: int = typer.Option(256, "--n-sequences", help="Calibration + test sequences (iid units)."),
+        grid_sequences: int = typer.Option(8, "--grid-sequences", help="Extra sequences that place the grid and ref."),
+        risk: str = typer.Option("top1", "--risk", help="top1 or nll."),
+        nll_margin: float = typer.Option(0.1, "--nll-margin", help="Nats (with --risk nll)."),
+        bound: str = typer.Option("hb", "--bound", help="hb (Hoeffding-Bentkus), wsr (betting), hoeffding, bentkus."),
+        grid_size: int = typer.Option(10, "--grid-size", help="Candidate points per policy."),
+        grid_min_skip: float = typer.Option(0.001, "--grid-min-skip", help="Target skip fraction, most conservative point."),
+        grid_max_skip: float = typer.Option(0.5, "--grid-max-skip", help="Target skip fraction, most aggressive point."),
+        stop_factor: float = typer.Option(3.0, "--stop-factor", help="Stop a grid once mean risk > factor*epsilon (0: never)."),
+        batch_concurrency: int = typer.Option(4, "--batch-concurrency", help="Concurrent requests per decode step (batch policy)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward (token policies)."),
+        gamma: float = typer.Option(1.0, "--gamma", help="Dynamic threshold sensitivity (fixed)."),
+        prior_tokens: float = typer.Option(8.0, "--prior-tokens", help="Dynamic running-mean prior weight (fixed)."),
+        test_fraction: float = typer.Option(0.5, "--test-fraction", help="Held-out share of the units."),
+        resamples: int = typer.Option(100, "--resamples", help="Random splits in the resampling check."),
+        seed: int = typer.Option(0, "--seed", help="Seed for data order and splits."),
+        dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
+        device: Optional[str] = typer.Option(None, "--device", help="Device (default: cuda if available, else cpu)."),
+    ) -> None:
+        from sedac.calibration import CalibrateConfig, calibrate
+        from sedac.calibration.report import HEADER, summary_rows
+
+        cfg = CalibrateConfig(
+            probe=probe, out=out, report_dir=report_dir, model=model, data=data, split=split, field=field, chat=chat,
+            mode=mode, max_length=max_length, new_tokens=new_tokens, n_sequences=n_sequences,
+            grid_sequences=grid_sequences, epsilon=epsilon, delta=delta, risk=risk, nll_margin=nll_margin,
+            bound=bound, policies=policies, grid_size=grid_size, grid_min_skip=grid_min_skip,
+            grid_max_skip=grid_max_skip, stop_factor=stop_factor, batch_concurrency=batch_concurrency,
+            batch_size=batch_size, gamma=gamma, prior_tokens=prior_tokens, test_fraction=test_fraction,
+            resamples=resamples, seed=seed, dtype=dtype, device=device,
+        )
+        s = calibrate(cfg)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"sedac calibrate: epsilon={epsilon} delta={delta} risk={risk}")
+        for h in HEADER:
+            table.add_column(h)
+        for row in summary_rows(s["certificates"]):
+            table.add_row(*row)
+        Console().print(table)
+        typer.echo(f"probe: {s['out']}  default: {s['default']['mode']}/{s['default']['policy']}")
+        typer.echo(f"report: {s['report']['markdown']}")
+        for c in s["certificates"]:
+            if not c["certified"]:
+                typer.echo(f"note: {c['name']}: nothing certified at epsilon={epsilon}; smallest risk on the grid "
+                           f"{c['smallest_risk']}, smallest upper bound {c['smallest_ucb']}")

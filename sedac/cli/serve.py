@@ -1,0 +1,36 @@
+"""``sedac serve``: vLLM's OpenAI-compatible server with MLP skipping (thin layer over sedac.runtime.serve)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def serve(
+        ctx: typer.Context,
+        model: str = typer.Option("smollm2-135m-instruct", "--model", help="Alias, local HF folder or hub id."),
+        probe: Path = typer.Option(None, "--probe", help="Probe file; without it the server is plain vLLM."),
+        policy: str = typer.Option("token", "--policy", help="token | batch"),
+        mode: str = typer.Option("static", "--mode", help="static | never | always (dynamic: HF runtime only)"),
+        threshold: str = typer.Option("certified", "--threshold", help="'certified' (from calibration) or a score."),
+        impl: str = typer.Option("auto", "--impl", help="auto | module | op"),
+        speculative: str = typer.Option(None, "--speculative", help="ngram | suffix"),
+        num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens"),
+        prompt_lookup_max: int = typer.Option(4, "--prompt-lookup-max", help="ngram lookup window."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Listen address (loopback by default)."),
+        port: int = typer.Option(8000, "--port"),
+        stats_interval: float = typer.Option(1.0, "--stats-interval", help="Seconds between skip-counter snapshots."),
+    ) -> None:
+        """Start vLLM's OpenAI server with sedac skipping; other vLLM options go after `--`.
+
+        Skip statistics: GET /sedac/stats (JSON) and sedac_mlp_* on /metrics.
+        """
+        from sedac.runtime.serve import ServeConfig, serve as run
+
+        run(ServeConfig(model=model, probe=str(probe) if probe else None, policy=policy, mode=mode,
+                        threshold=threshold, impl=impl, speculative=speculative,
+                        num_speculative_tokens=num_speculative_tokens, prompt_lookup_max=prompt_lookup_max,
+                        host=host, port=port, stats_interval_s=stats_interval, vllm_args=list(ctx.args)))

@@ -1,0 +1,80 @@
+"""Configuration of the vLLM plugin (``additional_config={"sedac": {...}}`` or ``$SEDAC_VLLM_CONFIG``).
+
+The plugin is a no-op unless one of these is present. Precedence: vLLM's ``additional_config`` key
+``"sedac"`` (CLI ``--additional-config '{"sedac": {...}}'``), then the environment variable
+``SEDAC_VLLM_CONFIG`` holding the same JSON object. Keys map 1:1 onto :class:`SedacVllmConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sedac.errors import ConfigError
+from sedac.runtime.policy import MODES, POLICIES
+
+ENV_VAR = "SEDAC_VLLM_CONFIG"
+IMPLS = ("auto", "module", "op")
+
+
+@dataclass
+class SedacVllmConfig:
+    """The ``sedac`` block of vLLM's ``additional_config``."""
+
+    probe: str  #: path of the probe (.safetensors) — required
+    mode: str = "static"  #: "static", "never", "always" ("dynamic": HF runtime only in this version)
+    policy: str = "token"  #: "token" (per-token gather/scatter) or "batch" (whole step or nothing)
+    threshold: float | None = None  #: score threshold for every band; None = certified (probe calibration)
+    impl: str = "auto"  #: MLP implementation: "module", "op" (torch.ops.sedac.skip_mlp) or "auto"
+    stats_file: str | None = None  #: worker writes per-band counters here (atomic JSON) ...
+    stats_interval_s: float = 2.0  #: ... at most this often (seconds)
+    record: bool = False  #: keep every step's decisions in memory (eager mode; tests/debugging)
+
+    def __post_init__(self) -> None:
+        if not self.probe:
+            raise ConfigError("sedac config: `probe` (path of the probe file) is required")
+        if self.mode not in MODES:
+            raise ConfigError(f"sedac config: `mode` must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "dynamic":
+            raise ConfigError("sedac config: the dynamic policy is available in the HF runtime only in this "
+                              "version; use mode \"static\" with vLLM")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"sedac config: `policy` must be one of {POLICIES}, got {self.policy!r}")
+        if self.impl not in IMPLS:
+            raise ConfigError(f"sedac config: `impl` must be one of {IMPLS}, got {self.impl!r}")
+        if self.threshold is not None:
+            try:
+                self.threshold = float(self.threshold)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"sedac config: `threshold` must be a number or null, got {self.threshold!r}") from exc
+        if self.stats_interval_s < 0:
+            raise ConfigError("sedac config: `stats_interval_s` must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SedacVllmConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"sedac config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"sedac config: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(additional_config: dict[str, Any] | None = None) -> SedacVllmConfig | None:
+    """The active sedac config, or None when sedac is not configured (the plugin is then a no-op)."""
+    block = (additional_config or {}).get("sedac")
+    if block is None:
+        env = os.environ.get(ENV_VAR, "").strip()
+        if not env:
+            return None
+        try:
+            block = json.loads(env)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"${ENV_VAR} is not valid JSON: {exc}") from exc
+    return SedacVllmConfig.from_dict(block)

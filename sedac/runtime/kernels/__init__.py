@@ -1,0 +1,47 @@
+"""CUDA implementations of sedac's ``torch.library`` ops (Triton kernels).
+
+:func:`register` installs :func:`sedac.runtime.kernels.mlp_triton.skip_mlp_triton` as the CUDA kernel
+of ``sedac::skip_mlp`` (defined, with its CPU/PyTorch implementation, in
+:mod:`sedac.runtime.mlp_ops`). It is idempotent and imported lazily (triton is imported only when a
+CUDA tensor reaches the op), so CPU-only installs never need a GPU build of triton.
+
+CUDA dispatch rule (the one visible place for kernel choice):
+
+* ``1 <= N <= 64`` rows (decode): the Triton kernels - device-side keep mask, no host sync, a skipped
+  step reads no weights, one CUDA graph serves every decision;
+* larger ``N`` (prefill chunks): the dense cuBLAS MLP on every row, then ``where(keep, y, 0)`` -
+  also sync-free and capturable; at those sizes skipping rows would need compaction and a grouped
+  GEMM, which is not built (prefill is a small share of decode-time cost).
+"""
+
+from __future__ import annotations
+
+_REGISTERED = False
+
+
+def _skip_mlp_cuda(x, keep, w_gate_up, w_down):
+    import torch
+
+    from sedac.runtime.kernels.mlp_triton import MAX_ROWS, skip_mlp_triton
+
+    if 1 <= x.shape[0] <= MAX_ROWS and w_gate_up.is_contiguous() and w_down.is_contiguous() and x.stride(1) == 1:
+        return skip_mlp_triton(x, keep, w_gate_up, w_down)
+    if x.shape[0] == 0:
+        return torch.empty_like(x)
+    inter = w_down.shape[1]
+    gu = x @ w_gate_up.T
+    y = (torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]) @ w_down.T
+    return torch.where(keep.unsqueeze(1), y, torch.zeros((), dtype=y.dtype, device=y.device))
+
+
+def register() -> None:
+    """Register the CUDA kernel of ``sedac::skip_mlp`` (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    import torch
+
+    import sedac.runtime.mlp_ops  # noqa: F401  (defines the op)
+
+    torch.library.register_kernel("sedac::skip_mlp", "cuda", _skip_mlp_cuda)
+    _REGISTERED = True

@@ -1,0 +1,189 @@
+"""Triton kernels for the skip-aware SiLU-gated MLP at decode shapes (M = 1..64 rows).
+
+Contract (same as :func:`sedac.runtime.mlp_ops.skip_mlp_reference`)::
+
+    x [N, H], keep [N] bool, w_gate_up [2I, H] (gate rows first), w_down [H, I]  ->  out [N, H]
+    out[n] = down(silu(gate(x[n])) * up(x[n]))   where keep[n]
+    out[n] = 0                                     where not keep[n]
+
+No host synchronisation: every program reads the device-side ``keep`` vector itself and
+
+* when no row is kept (``batch`` policy skip, or a ``token`` step where every row skips), the gate/up
+  kernel returns at once and the down kernel only writes zeros: **no weight byte is read**;
+* a skipped row's activations are never loaded (masked loads), so its output is exactly 0 and its
+  intermediate row is 0 - "skipped rows untouched" means: nothing of a skipped row is read and its
+  output row holds 0, never a stale or partial value.
+
+So one captured CUDA graph serves every decision. Two kernel families:
+
+``gemv`` (N == 1): plain multiply-add over ``[BN, BK]`` weight tiles, fp32 accumulation; silu*mul is
+fused into the gate/up epilogue, so the intermediate is written once in bf16.
+``dot``  (2 <= N <= 64): tensor-core ``tl.dot`` with the rows padded to ``BM = max(16, pow2(N))``.
+
+At these shapes the MLP is bound by weight bytes (arithmetic intensity N FLOP/byte, far below the
+H100/H200 ridge of ~250), so a partially kept step reads every weight once whatever the row count;
+row skipping saves tensor-core FLOPs only, which do not set the time. See docs/perf.md.
+
+Config choice is the only tuning knob: ``triton.autotune`` over a short list on GPU (runs during the
+warm-up call, before any CUDA-graph capture), one fixed config under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use the masked torch path
+
+
+def _configs(space, interp):
+    if INTERPRET:
+        return [triton.Config(interp, num_warps=4)]
+    return [triton.Config(dict(zip(("BN", "BK"), c[:2])), num_warps=c[2], num_stages=c[3]) for c in space]
+
+
+# (BN, BK, warps, stages)
+# run 1 (H100) picked gemv (8,512,4,2)/(4,512,4,3) and dot (64,128,4,4)/(16,256,4,3): space widened around them
+_GEMV_SPACE = [(8, 512, 4, 2), (16, 256, 4, 3), (16, 512, 8, 2), (8, 1024, 8, 2), (4, 512, 4, 3), (4, 1024, 4, 2),
+               (2, 1024, 4, 3), (8, 256, 4, 4)]
+_DOT_SPACE = [(32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (64, 128, 8, 4), (128, 64, 8, 4), (128, 128, 8, 3),
+              (16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 8, 4), (32, 256, 8, 3), (16, 128, 4, 6)]
+
+
+@triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
+@triton.jit
+def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.constexpr):
+    """N == 1: h[0, n] = silu(x . Wg[n]) * (x . Wu[n]) for n in this program's BN columns."""
+    pid = tl.program_id(0)
+    kept = tl.load(keep_ptr) != 0
+    if kept:
+        rn = pid * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        nmask = rn < I
+        accg = tl.zeros([BN, BK], dtype=tl.float32)
+        accu = tl.zeros([BN, BK], dtype=tl.float32)
+        for k0 in range(0, H, BK):
+            kk = k0 + rk
+            kmask = kk < H
+            x = tl.load(x_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
+            wmask = nmask[:, None] & kmask[None, :]
+            wg = tl.load(w_ptr + rn[:, None] * H + kk[None, :], mask=wmask, other=0.0)
+            wu = tl.load(w_ptr + (rn[:, None] + I) * H + kk[None, :], mask=wmask, other=0.0)
+            accg += wg.to(tl.float32) * x[None, :]
+            accu += wu.to(tl.float32) * x[None, :]
+        g = tl.sum(accg, axis=1)
+        u = tl.sum(accu, axis=1)
+        h = g * tl.sigmoid(g) * u
+        tl.store(h_ptr + rn, h.to(h_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
+@triton.jit
+def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, H, I, BN: tl.constexpr, BK: tl.constexpr):
+    """N == 1: out[0, n] = h . Wd[n] (0 when the row is skipped; weights then unread)."""
+    pid = tl.program_id(0)
+    kept = tl.load(keep_ptr) != 0
+    rn = pid * BN + tl.arange(0, BN)
+    nmask = rn < H
+    acc = tl.zeros([BN], dtype=tl.float32)
+    if kept:
+        rk = tl.arange(0, BK)
+        acc2 = tl.zeros([BN, BK], dtype=tl.float32)
+        for k0 in range(0, I, BK):
+            kk = k0 + rk
+            kmask = kk < I
+            h = tl.load(h_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rn[:, None] * I + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+            acc2 += w.to(tl.float32) * h[None, :]
+        acc = tl.sum(acc2, axis=1)
+    tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=nmask)
+
+
+@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["N", "H", "I"])
+@triton.jit
+def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """2 <= N <= BM: h[m, n] = silu(x[m] . Wg[n]) * (x[m] . Wu[n]) for kept rows (0 for skipped rows)."""
+    pid = tl.program_id(0)
+    rm = tl.arange(0, BM)
+    kv = tl.load(keep_ptr + rm, mask=rm < N, other=0) != 0
+    count = tl.sum(kv.to(tl.int32), axis=0)
+    if count > 0:
+        rn = pid * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        nmask = rn < I
+        accg = tl.zeros([BM, BN], dtype=tl.float32)
+        accu = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, H, BK):
+            kk = k0 + rk
+            kmask = kk < H
+            x = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
+            wmask = kmask[:, None] & nmask[None, :]
+            wg = tl.load(w_ptr + rn[None, :] * H + kk[:, None], mask=wmask, other=0.0)  # [BK, BN]
+            wu = tl.load(w_ptr + (rn[None, :] + I) * H + kk[:, None], mask=wmask, other=0.0)
+            accg += tl.dot(x, wg)
+            accu += tl.dot(x, wu)
+        h = accg * tl.sigmoid(accg) * accu
+        tl.store(h_ptr + rm[:, None] * I + rn[None, :], h.to(h_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < N) & nmask[None, :])
+
+
+@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["N", "H", "I"])
+@triton.jit
+def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, N, H, I, stride_o,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """2 <= N <= BM: out[m, n] = h[m] . Wd[n] for kept rows; 0 for skipped rows and skipped steps."""
+    pid = tl.program_id(0)
+    rm = tl.arange(0, BM)
+    kv = tl.load(keep_ptr + rm, mask=rm < N, other=0) != 0
+    count = tl.sum(kv.to(tl.int32), axis=0)
+    rn = pid * BN + tl.arange(0, BN)
+    nmask = rn < H
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    if count > 0:
+        rk = tl.arange(0, BK)
+        for k0 in range(0, I, BK):
+            kk = k0 + rk
+            kmask = kk < I
+            h = tl.load(h_ptr + rm[:, None] * I + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_ptr + rn[None, :] * I + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(h, w)
+    tl.store(out_ptr + rm[:, None] * stride_o + rn[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(rm[:, None] < N) & nmask[None, :])
+
+
+def skip_mlp_triton(x: torch.Tensor, keep: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+                    out: torch.Tensor | None = None, h: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the two kernels (see module docstring). ``N <= MAX_ROWS``; weights contiguous.
+
+    x [N, H] (row stride free, unit column stride), keep [N] bool, w_gate_up [2I, H], w_down [H, I].
+    ``out [N, H]`` / ``h [N, I]`` (contiguous, optional): caller-provided output / intermediate buffers
+    (tests poison them to check that every output element is written).
+    """
+    n, hid = x.shape
+    inter = w_down.shape[1]
+    if not (1 <= n <= MAX_ROWS):
+        raise ValueError(f"skip_mlp_triton serves 1..{MAX_ROWS} rows, got {n}")
+    if not (w_gate_up.is_contiguous() and w_down.is_contiguous() and x.stride(1) == 1):
+        raise ValueError("skip_mlp_triton needs contiguous weights and unit column stride of x")
+    if w_gate_up.shape != (2 * inter, hid) or w_down.shape != (hid, inter):
+        raise ValueError(f"weight shapes {tuple(w_gate_up.shape)}, {tuple(w_down.shape)} do not match H={hid}")
+    keep_u8 = keep.contiguous().view(torch.uint8) if keep.dtype == torch.bool else (keep != 0).view(torch.uint8)
+    if h is None:
+        h = torch.empty((n, inter), device=x.device, dtype=x.dtype)
+    if out is None:
+        out = torch.empty((n, hid), device=x.device, dtype=x.dtype)
+    if n == 1:
+        _gate_up_gemv[lambda m: (triton.cdiv(inter, m["BN"]),)](x, keep_u8, w_gate_up, h, hid, inter)
+        _down_gemv[lambda m: (triton.cdiv(hid, m["BN"]),)](h, keep_u8, w_down, out, hid, inter)
+    else:
+        bm = max(16, triton.next_power_of_2(n))
+        _gate_up_dot[lambda m: (triton.cdiv(inter, m["BN"]),)](
+            x, keep_u8, w_gate_up, h, n, hid, inter, x.stride(0), BM=bm)
+        _down_dot[lambda m: (triton.cdiv(hid, m["BN"]),)](
+            h, keep_u8, w_down, out, n, hid, inter, out.stride(0), BM=bm)
+    return out

