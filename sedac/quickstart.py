@@ -96,6 +96,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
                ["calibrate", *common, "--probe", str(probe), "--data", cfg.cal_data, "--mode", "generate",
                 "--epsilon", str(cfg.epsilon), "--delta", str(cfg.delta), "--policies", "static-token",
                 "--n-sequences", str(cfg.cal_sequences), "--grid-sequences", "6",
+                "--test-fraction", str(cfg.cal_test_fraction),
                 "--new-tokens", str(cfg.cal_new_tokens), "--max-length", "160",
                 "--grid-size", str(cfg.cal_grid_size), "--resamples", "20",
                 "--report-dir", str(w / "calibration")], log, ok_codes=(0, 3))

@@ -198,9 +198,10 @@ class QuickstartConfig:
     max_epochs: int = 8  #: probe training epochs (early stopping may stop sooner)
     epsilon: float = 0.05  #: accepted mean per-sequence top-1 disagreement (calibrate --epsilon)
     delta: float = 0.05  #: calibration failure probability (calibrate --delta)
-    cal_data: str = "builtin"  #: calibration prompts (generate mode)
-    cal_sequences: int = 56  #: calibration + test sequences
-    cal_new_tokens: int = 48  #: generated tokens per calibration sequence
+    cal_data: str = "builtin-tasks"  #: calibration prompts (generate mode); disjoint from the training prompts
+    cal_sequences: int = 200  #: calibration + test sequences (a certificate at epsilon needs >~ ln(1/delta)/epsilon)
+    cal_test_fraction: float = 0.3  #: held-out share of the calibration sequences (calibrate --test-fraction)
+    cal_new_tokens: int = 32  #: generated tokens per calibration sequence
     cal_grid_size: int = 8  #: candidate thresholds
     demo_threshold: float | None = 0.9  #: also bench an UNcertified P(safe) >= this variant (None: off)
     bench_prompts: int = 8  #: prompts in the offline bench

@@ -25,7 +25,10 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     """One row per variant with the headline metrics (strings, ready for Markdown / rich)."""
     rows = []
     qual = results.get("quality", {})
-    for name, e in results["variants"].items():
+    order = [v["name"] for v in results.get("config", {}).get("variants", [])]
+    names = sorted(results["variants"], key=lambda n: (n != results["baseline"], order.index(n) if n in order else 99))
+    for name in names:
+        e = results["variants"][name]
         t, s = e["tps"], e["speedup"]
         q = qual.get("variants", {}).get(name)
         if q is not None and "error" in q:

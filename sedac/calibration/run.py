@@ -17,7 +17,6 @@ and certificates into the probe and the report.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +119,6 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     from sedac.probes import load_probe, update_calibration
     from sedac.provenance import provenance
 
-    t0 = time.time()
     probe = load_probe(cfg.probe)
     torch.manual_seed(cfg.seed)
     model, tok = load_hf(cfg.model, cfg.dtype, cfg.device)
@@ -157,7 +155,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     ok = [c for c in certs if c["certified"]]
     prov = provenance(cfg, model_fingerprint=parts.fingerprint, probe=str(cfg.probe), data_fingerprint=data_fp,
                       n_sequences_total=len(seqs), n_grid_sequences=len(grid_seqs),
-                      n_scored_tokens=int(per_seq_tokens.sum()), seconds=round(time.time() - t0, 1))
+                      n_scored_tokens=int(per_seq_tokens.sum()))
     summary: dict[str, Any] = {"certificates": certs, "provenance": prov, "out": None}
     if ok:
         thresholds: dict[str, dict] = {}

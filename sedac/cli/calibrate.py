@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     @app.command("calibrate", help=_HELP)
     def calibrate_cmd(
         probe: str = typer.Option(..., "--probe", help="Probe file (.safetensors) to calibrate."),
-        data: str = typer.Option("builtin", "--data", help="'builtin', a .jsonl/.json/.txt/.parquet file, or a hub id."),
+        data: str = typer.Option("builtin", "--data", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (240 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
         mode: str = typer.Option("corpus", "--mode", help="corpus (text chunks) or generate (model continuations)."),
         epsilon: float = typer.Option(0.01, "--epsilon", help="Tolerated mean per-sequence risk."),
         delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the risk exceeds epsilon."),

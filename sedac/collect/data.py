@@ -37,8 +37,14 @@ class Sequence:
     n_prompt: int
 
 
-def builtin_path() -> Path:
-    return Path(str(resources.files("sedac") / "data" / "builtin_prompts.jsonl"))
+BUILTIN_SETS = {
+    "builtin": "builtin_prompts.jsonl",  # 70 hand-written prompts (chat, code, math, summaries, ...)
+    "builtin-tasks": "builtin_tasks.jsonl",  # 240 templated tasks (scripts/make_builtin_tasks.py)
+}
+
+
+def builtin_path(name: str = "builtin") -> Path:
+    return Path(str(resources.files("sedac") / "data" / BUILTIN_SETS[name]))
 
 
 def load_records(dataset: str, split: str = "train", limit: int | None = None):
@@ -46,9 +52,9 @@ def load_records(dataset: str, split: str = "train", limit: int | None = None):
     import datasets
 
     datasets.disable_progress_bars()
-    path = builtin_path() if dataset == "builtin" else Path(dataset)
+    path = builtin_path(dataset) if dataset in BUILTIN_SETS else Path(dataset)
     try:
-        if dataset == "builtin" or path.suffix in _LOADERS or path.exists():
+        if dataset in BUILTIN_SETS or path.suffix in _LOADERS or path.exists():
             if not path.exists():
                 raise DataError(f"--dataset {dataset}: file not found")
             loader = _LOADERS.get(path.suffix)

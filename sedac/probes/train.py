@@ -12,6 +12,8 @@ sampler; with ``SOURCE_DATE_EPOCH`` set, a rerun writes a byte-identical probe (
 
 from __future__ import annotations
 
+import json
+
 import math
 import shutil
 import warnings
@@ -136,7 +138,9 @@ def _safetensors_checkpoint_io():
 
     class SafetensorsCheckpointIO(CheckpointIO):
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            meta = {k: str(checkpoint.get(k)) for k in ("epoch", "global_step")}
+            # one metadata key: safetensors does not keep the order of several, which breaks byte-identity
+            meta = {"lightning": json.dumps({k: checkpoint.get(k) for k in ("epoch", "global_step")},
+                                            sort_keys=True, default=str)}
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in checkpoint["state_dict"].items()},
                       str(path), metadata=meta)
