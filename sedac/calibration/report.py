@@ -83,8 +83,8 @@ def write_report(out_dir: str | Path, cfg, results: dict[str, Any], summary: dic
                                   " (top-1 disagreement with the full model)") + ", per sequence, teacher-forced",
         f"- guarantee: P(risk > {cfg.epsilon}) <= {cfg.delta} per policy; Learn-then-Test fixed-sequence "
         f"testing, bound `{cfg.bound}`",
-        f"- git `{prov.get('git_revision')}`, model config `{prov.get('model_fingerprint', {}).get('config_hash')}`,"
-        f" {prov.get('seconds')} s", "",
+        f"- git `{prov.get('git_revision')}`, model config `{prov.get('model_fingerprint', {}).get('config_hash')}`",
+        "",
         "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(certs)]
