@@ -29,8 +29,8 @@ def _progress(msg: str, style: str = "") -> None:
     Console(stderr=True).print(f"[bold cyan]\\[sedac bench][/] " + (f"[{style}]{text}[/]" if style else text))
 
 
-def unavailable_reason(v: Variant) -> str | None:
-    """Why a variant cannot run on this installation (None if it can)."""
+def unavailable_reason(v: Variant, probe_path: str | None = None) -> str | None:
+    """Why a variant cannot run on this installation or with this probe (None if it can)."""
     if v.speculative is not None and v.speculative.method == "suffix":
         if importlib.util.find_spec("arctic_inference") is None:
             return "suffix decoding needs arctic-inference (`pip install sedac[suffix]`), not installed"
@@ -44,6 +44,15 @@ def unavailable_reason(v: Variant) -> str | None:
                                        "threshold": v.sedac.threshold, "impl": "module"})
         except SedacError as exc:
             return f"the vLLM plugin refuses this setting ({exc}); teacher-forced quality still reported"
+        if probe_path is not None:  # e.g. a certified variant with an uncalibrated probe: say so, start no engine
+            from sedac.probes import load_probe
+            from sedac.runtime.policy import thresholds_from_probe
+
+            try:
+                thresholds_from_probe(load_probe(probe_path), mode=v.sedac.mode, policy=v.sedac.policy,
+                                      override=v.sedac.threshold)
+            except SedacError as exc:
+                return f"{v.sedac.mode} thresholds unavailable: {exc}"
     return None
 
 
@@ -107,7 +116,7 @@ def run_offline(cfg: OfflineBenchConfig) -> dict[str, Any]:
     }
     runnable = []
     for v in cfg.variants:
-        reason = unavailable_reason(v)
+        reason = unavailable_reason(v, str(cfg.probe_for(v)) if v.sedac is not None else None)
         if reason:
             if v.name == cfg.baseline:
                 raise ConfigError(f"baseline {v.name!r} cannot run: {reason}")

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("smollm2-135m-instruct", "--model", help="Alias, local HF folder or hub id."),
         probe: Path = typer.Option(None, "--probe", help="Probe file; without it the server is plain vLLM."),
         policy: str = typer.Option("token", "--policy", help="token | batch"),
-        mode: str = typer.Option("static", "--mode", help="static | never | always (dynamic: HF runtime only)"),
+        mode: str = typer.Option("static", "--mode", help="static | dynamic (certified parameters) | never | always"),
         threshold: str = typer.Option("certified", "--threshold", help="'certified' (from calibration) or a score."),
         impl: str = typer.Option("auto", "--impl", help="auto | module | op"),
         speculative: str = typer.Option(None, "--speculative", help="ngram | suffix"),

@@ -24,7 +24,7 @@ class SedacVllmConfig:
     """The ``sedac`` block of vLLM's ``additional_config``."""
 
     probe: str  #: path of the probe (.safetensors) — required
-    mode: str = "static"  #: "static", "never", "always" ("dynamic": HF runtime only in this version)
+    mode: str = "static"  #: "static", "dynamic" (certified parameters only), "never", "always"
     policy: str = "token"  #: "token" (per-token gather/scatter) or "batch" (whole step or nothing)
     threshold: float | None = None  #: score threshold for every band; None = certified (probe calibration)
     impl: str = "auto"  #: MLP implementation: "module", "op" (torch.ops.sedac.skip_mlp) or "auto"
@@ -37,9 +37,9 @@ class SedacVllmConfig:
             raise ConfigError("sedac config: `probe` (path of the probe file) is required")
         if self.mode not in MODES:
             raise ConfigError(f"sedac config: `mode` must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "dynamic":
-            raise ConfigError("sedac config: the dynamic policy is available in the HF runtime only in this "
-                              "version; use mode \"static\" with vLLM")
+        if self.mode == "dynamic" and self.threshold is not None:
+            raise ConfigError("sedac config: the dynamic policy uses its certified parameters; "
+                              "`threshold` must be null (certified) with mode \"dynamic\"")
         if self.policy not in POLICIES:
             raise ConfigError(f"sedac config: `policy` must be one of {POLICIES}, got {self.policy!r}")
         if self.impl not in IMPLS:

@@ -36,7 +36,7 @@ class ServeConfig:
     model: str  #: [--model] alias, local HF folder or hub id
     probe: str | None = None  #: [--probe] probe file; None = plain vLLM
     policy: str = "token"  #: [--policy] token | batch
-    mode: str = "static"  #: [--mode] static | never | always (dynamic: HF runtime only)
+    mode: str = "static"  #: [--mode] static | dynamic (certified) | never | always
     threshold: str = "certified"  #: [--threshold] "certified" or a score threshold (float)
     impl: str = "auto"  #: [--impl] auto | module | op
     speculative: str | None = None  #: [--speculative] ngram | suffix

@@ -73,6 +73,14 @@ class SedacRuntime:
         self.W, self.b = W, bias  # [B, d] in the model dtype, [B] float32
         self.thr = torch.tensor(self.skip_config.thresholds or [0.0] * len(probe.bands),
                                 dtype=torch.float32, device=dev)
+        self.dyn_params: torch.Tensor | None = None
+        if self.skip_config.mode == "dynamic":
+            from sedac.runtime.vllm_dynamic import register_state
+
+            d = self.skip_config.dynamic
+            self.dyn_params = torch.tensor([[x.lam for x in d], [x.ref for x in d], [x.gamma for x in d],
+                                            [x.prior_tokens for x in d]], dtype=torch.float32, device=dev)
+            self.dyn_state = register_state(vllm_config.cache_config.block_size, vllm_config.cache_config)
         self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
         self.steps = 0
         self.decisions: list[torch.Tensor] = []
@@ -119,10 +127,14 @@ class SedacRuntime:
                     getattr(ns, name).weight = live
 
     # ------------------------------------------------------------ traced (hot path)
-    def decide(self, h: torch.Tensor) -> torch.Tensor:
+    def decide(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Skip mask ``[N, B]`` for the residual stream ``h: [N, d]`` entering the probe layer."""
         raw = (h @ self.W.T).to(torch.float32) + self.b  # [N, B], = Probe.raw_scores(h)
-        skip = P.decide(raw, self.skip_config, thr=self.thr)
+        if self.dyn_params is not None:  # per-request running state beside the KV cache (vllm_dynamic)
+            thr = torch.ops.sedac.dynamic_thresholds(raw, positions, self.dyn_params, self.dyn_state)
+        else:
+            thr = self.thr
+        skip = P.decide(raw, self.skip_config, thr=thr)
         torch.ops.sedac.accumulate_skips(self.counts, skip)
         return skip
 
@@ -207,7 +219,7 @@ def _sedac_forward(self, input_ids, positions, intermediate_tensors=None, inputs
     for idx, layer in enumerate(islice(self.layers, self.start_layer, self.end_layer), start=self.start_layer):
         if idx == rt.probe_layer:
             h = hidden_states if residual is None else hidden_states + residual  # stream entering layer idx
-            skip = rt.decide(h)
+            skip = rt.decide(h, positions)
             if rt.cfg.record:
                 rt.record(input_ids, positions, skip)
         band = rt.layer_band.get(idx)

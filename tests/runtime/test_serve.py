@@ -52,7 +52,7 @@ def test_probe_and_speculative_args(tiny_llama, probes):
     ("mismatch", dict(probe="other", threshold="0.5"), ProbeError, "different model"),
     ("corrupt", dict(probe="corrupt", threshold="0.5"), ProbeError, "corrupt"),
     ("uncalibrated", dict(probe="good"), ProbeError, "calibrate"),
-    ("dynamic", dict(probe="good", mode="dynamic"), ConfigError, "HF runtime only"),
+    ("dynamic uncalibrated", dict(probe="good", mode="dynamic"), ProbeError, "dynamic"),
     ("bad threshold", dict(probe="good", threshold="lots"), ConfigError, "--threshold"),
     ("bad speculative", dict(speculative="medusa"), ConfigError, "--speculative"),
 ])

@@ -26,7 +26,7 @@ def test_additional_config_then_env(monkeypatch):
 
 @pytest.mark.parametrize("bad,match", [
     ({"probe": ""}, "probe"),
-    ({"probe": "p", "mode": "dynamic"}, "HF runtime only"),
+    ({"probe": "p", "mode": "dynamic", "threshold": 0.5}, "certified"),
     ({"probe": "p", "mode": "sometimes"}, "mode"),
     ({"probe": "p", "policy": "row"}, "policy"),
     ({"probe": "p", "impl": "triton"}, "impl"),

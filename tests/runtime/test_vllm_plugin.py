@@ -275,6 +275,91 @@ def test_smollm2_never_firing_is_identical(smollm2, tmp_path):
     assert "Paris" in tok.decode(plain["base"][0])
 
 
+
+
+# ----------------------------------------------------------------------------- dynamic mode
+@pytest.fixture(scope="module")
+def dynamic_setup(tiny_setup):
+    """The tiny probe with certified-style dynamic parameters written into its calibration metadata."""
+    import torch
+
+    from sedac.probes import update_calibration
+
+    model, probe = tiny_setup["model"], tiny_setup["probe"]
+    raws = []
+    with torch.no_grad():
+        for p in TINY_PROMPTS:
+            hs = model(torch.tensor([p]), output_hidden_states=True).hidden_states[1][0]
+            raws.append(probe.raw_scores(hs)[:, 0])
+    allr = torch.cat(raws)
+    params = {"lam": float(allr.median()), "ref": float(allr.mean()), "gamma": 1.0, "prior_tokens": 4.0}
+    path = tiny_setup["tmp"] / "probe_dynamic.safetensors"
+    update_calibration(tiny_setup["probe_path"], {"thresholds": {"dynamic": {"token": {"2-3": params}}}}, out=path)
+    return dict(path=str(path), params=params)
+
+
+@pytest.fixture(scope="module")
+def dynamic(tiny_llama, tiny_setup, dynamic_setup):
+    acts = [{"do": "generate", "name": "gen", "max_tokens": 12}, {"do": "decisions", "name": "dec"},
+            {"do": "stats", "name": "stats"}]
+    spec = dict(model=str(tiny_llama), engine=TINY_ENGINE, prompts=TINY_PROMPTS, probe=dynamic_setup["path"],
+                sedac={"mode": "dynamic", "threshold": None, "record": True}, actions=acts)
+    return run_engine(tiny_setup["tmp"], "dynamic", spec)
+
+
+def test_dynamic_decisions_match_hf(dynamic, tiny_setup, dynamic_setup):
+    """Dynamic mode in vLLM (chunked prefill mixed with decode, state beside the KV cache) makes the
+    same per-token decisions as the HF runtime teacher-forced on the same sequences."""
+    import torch
+
+    from sedac.runtime.hf import install
+    from sedac.runtime.policy import DynamicParams, SkipConfig
+
+    steps = dynamic["dec"]
+    assert any(len(s) > 1 and 1 in s and max(s) > 1 for s in (_segments(d["positions"]) for d in steps)), \
+        "expected a step mixing a decode token with a prefill chunk"
+    model, probe = tiny_setup["model"], tiny_setup["probe"]
+    prm = dynamic_setup["params"]
+    cfg = SkipConfig(mode="dynamic", dynamic=[DynamicParams(**prm)])
+    vllm_rows, hf_rows, near = Counter(), Counter(), set()
+    for d in steps:
+        for i, p, s in zip(d["ids"], d["positions"], d["skip"]):
+            vllm_rows[(p, i, tuple(s))] += 1
+    for prompt, gen in zip(TINY_PROMPTS, dynamic["gen"]):
+        seq = torch.tensor([prompt + gen[:-1]])
+        with torch.no_grad(), install(model, probe, cfg, record=True) as sk:
+            hs = model(seq, output_hidden_states=True).hidden_states[1][0]
+        raw = probe.raw_scores(hs)[:, 0].double()
+        s_before = prm["prior_tokens"] * prm["ref"]
+        for pos, (tok, s) in enumerate(zip(seq[0].tolist(), sk.decisions[0].tolist())):
+            m = s_before / (prm["prior_tokens"] + pos)
+            thr = prm["lam"] + prm["gamma"] * (prm["ref"] - m)
+            s_before += float(raw[pos])
+            hf_rows[(pos, tok, tuple(s))] += 1
+            if abs(float(raw[pos]) - thr) < 1e-4:
+                near.add((pos, tok))
+    drop = lambda c: Counter({k: v for k, v in c.items() if (k[0], k[1]) not in near})  # noqa: E731
+    assert len(near) <= 1
+    assert drop(vllm_rows) == drop(hf_rows)
+    skipped = sum(row[0] for d in steps for row in d["skip"])
+    assert 0 < skipped < sum(len(d["ids"]) for d in steps)
+    assert dynamic["stats"]["bands"]["2-3"]["skipped"] == 2 * skipped
+
+
+
+@pytest.mark.slow
+def test_dynamic_compiled_matches_eager(tiny_llama, tiny_setup, dynamic_setup, dynamic):
+    """The dynamic-threshold op reads vLLM's forward context at run time, so the compiled graph
+    (impl "op") gives the eager engine's outputs and skip counts."""
+    engine = dict(TINY_ENGINE, enforce_eager=False)
+    spec = dict(model=str(tiny_llama), engine=engine, prompts=TINY_PROMPTS, probe=dynamic_setup["path"],
+                sedac={"mode": "dynamic", "threshold": None, "impl": "op"},
+                actions=[{"do": "generate", "name": "gen", "max_tokens": 12}, {"do": "stats"}])
+    out = run_engine(tiny_setup["tmp"], "dynamic_compiled", spec)
+    assert out["stats"]["impl"] == "op"
+    assert out["gen"] == dynamic["gen"]
+    assert out["stats"]["bands"]["2-3"] == dynamic["stats"]["bands"]["2-3"]
+
 if __name__ == "__main__":
     result = _drive(json.loads(Path(sys.argv[1]).read_text()))
     Path(sys.argv[2]).write_text(json.dumps(result))
