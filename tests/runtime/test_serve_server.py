@@ -2,64 +2,28 @@
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.vllm
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    import httpx
-
     from sedac.adapter import fingerprint_from_config
     from sedac.testing.probes import random_probe
+    from sedac.testing.server import sedac_server
 
     tmp = tmp_path_factory.mktemp("serve")
     fp = fingerprint_from_config(json.loads((tiny_llama / "config.json").read_text()))
     probe = random_probe(fp, layer=1, bands=[(2, 3)]).save(tmp / "probe.safetensors")
-    port = _free_port()
-    log = open(tmp / "server.log", "w")
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    env = dict(os.environ)
     env.pop("VLLM_PLUGINS", None)
-    cmd = [str(Path(sys.executable).with_name("sedac")), "serve", "--model", str(tiny_llama), "--probe", str(probe),
-           "--threshold", "0.5", "--port", str(port), "--speculative", "ngram", "--num-speculative-tokens", "3",
-           "--stats-interval", "0.2", "--", "--enforce-eager", "--max-model-len", "512"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 400
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("server exited:\n" + "\n".join((tmp / "server.log").read_text().splitlines()[-30:]))
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("server did not come up in 400 s")
-            time.sleep(2)
+    args = ["--model", str(tiny_llama), "--probe", str(probe), "--threshold", "0.5", "--speculative", "ngram",
+            "--num-speculative-tokens", "3", "--stats-interval", "0.2", "--", "--enforce-eager", "--max-model-len", "512"]
+    with sedac_server(args, tmp / "server.log", env=env) as base:
         yield base, str(tiny_llama)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def _stats(base, want_skipped=True, timeout=10.0):
