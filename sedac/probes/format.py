@@ -89,7 +89,13 @@ class ProbeMeta:
             cols += [f"safety:{band_name(b)}" for b in self.bands]
         return cols
 
-    def validate(self) -> None:
+    def validate(self, check_layers: bool = True) -> None:
+        """Structural checks; with ``check_layers``, also the band range against the fingerprint's own layer count.
+
+        Loading against a model (:meth:`sedac.probes.Probe.check_model`) passes ``check_layers=False`` here and
+        checks the range against the *model's* layer count after the fingerprint comparison, so a probe for
+        another model is refused as such, not for a band beyond the layer count it claims.
+        """
         if not _is_int(self.layer) or self.layer < 0:
             raise ProbeError(f"probe metadata: bad layer {self.layer!r}")
         if not self.bands:
@@ -101,14 +107,20 @@ class ProbeMeta:
                 raise ProbeError(f"probe metadata: bad band {b!r}")
             if b[0] < self.layer:
                 raise ProbeError(f"probe metadata: band {band_name(b)} starts before probe layer {self.layer}")
-            if n_layers and b[1] >= n_layers:
-                raise ProbeError(f"probe metadata: band {band_name(b)} beyond the model's {n_layers} layers")
+        if check_layers:
+            self.check_layers(n_layers)
         if self.head not in HEADS:
             raise ProbeError(f"probe metadata: unknown head {self.head!r} (expected one of {HEADS})")
         if not self.targets or any(t not in TARGETS for t in self.targets):
             raise ProbeError(f"probe metadata: bad targets {self.targets!r} (expected a subset of {TARGETS})")
         if self.score_target not in self.targets:
             raise ProbeError(f"probe metadata: score_target {self.score_target!r} not among targets {self.targets}")
+
+    def check_layers(self, n_layers: int) -> None:
+        """Every band ends inside a model of ``n_layers`` layers (0 = unknown: no check)."""
+        for b in self.bands:
+            if n_layers and b[1] >= n_layers:
+                raise ProbeError(f"probe metadata: band {band_name(b)} beyond the model's {n_layers} layers")
 
     def to_json(self) -> str:
         from sedac.provenance import to_jsonable
@@ -145,7 +157,7 @@ class ProbeMeta:
             if not isinstance(getattr(meta, name), typ):
                 raise ProbeError(f"probe metadata: {name} must be a {typ.__name__}")
         meta.bands = [list(b) if isinstance(b, (list, tuple)) else b for b in meta.bands]
-        meta.validate()
+        meta.validate(check_layers=False)  # the range is checked when loading, against the model if one is given
         return meta
 
 

@@ -14,6 +14,7 @@ from sedac.errors import ProbeError
 from sedac.probes.format import (
     ProbeMeta,
     band_name,
+    fingerprint_int,
     fingerprint_mismatch,
     read_probe_file,
     save_probe_file,
@@ -24,7 +25,7 @@ class Probe:
     """A loaded probe: metadata plus float32 CPU tensors (see :mod:`sedac.probes.format`)."""
 
     def __init__(self, meta: ProbeMeta, tensors: dict[str, Any]):
-        meta.validate()
+        meta.validate(check_layers=False)  # range: load_probe / check_model / save
         self.meta = meta
         self.tensors = tensors
         self._folded: dict[tuple, tuple[Any, Any]] = {}
@@ -129,6 +130,7 @@ class Probe:
         n = int(fingerprint.get("num_layers", 0) or 0)
         if n and self.layer > n:
             raise ProbeError(f"probe layer {self.layer} is beyond the model's {n} layers")
+        self.meta.check_layers(n)  # after the fingerprint: the served model's layer count, not the probe's claim
 
     def __repr__(self) -> str:
         return (f"Probe(layer={self.layer}, bands={self.band_names}, head={self.meta.head}, "
@@ -145,6 +147,8 @@ def load_probe(path: str | Path, model_fingerprint: dict[str, Any] | None = None
     probe = Probe(meta, tensors)
     if model_fingerprint is not None:
         probe.check_model(model_fingerprint)
+    else:
+        meta.check_layers(fingerprint_int(meta.model_fingerprint, "num_layers"))  # the file's own consistency
     return probe
 
 

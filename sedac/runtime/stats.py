@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -66,26 +67,73 @@ def write_atomic(path: str | Path, data: dict[str, Any]) -> None:
         raise
 
 
+MAX_STATS_BYTES = 1 << 20  #: a snapshot is a few KiB; anything larger is refused, never read
+
+
 def read_stats(path: str | Path | None) -> dict[str, Any]:
-    """The latest snapshot written by the worker, or an empty one (no step ran yet / no file)."""
+    """The latest snapshot written by the worker, or an empty one (no step ran yet / no file / refused).
+
+    The file is opened with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink or FIFO planted at the path is not
+    followed, an open never blocks) and read only if it is a regular file owned by this user and at most
+    :data:`MAX_STATS_BYTES` long, inside a directory owned by this user that no one else can write to.
+    Blocking I/O: call it off the event loop (the server does, see :mod:`sedac.runtime.serve_app`).
+    """
     if not path:
         return empty_snapshot()
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        d = os.lstat(path.parent)
+        if not stat.S_ISDIR(d.st_mode) or d.st_uid != os.getuid() or d.st_mode & 0o022:
+            return empty_snapshot()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return empty_snapshot()
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size > MAX_STATS_BYTES:
+            return empty_snapshot()
+        data = os.read(fd, MAX_STATS_BYTES + 1)
+        if len(data) > MAX_STATS_BYTES:
+            return empty_snapshot()
+        snap = json.loads(data)
+    except (OSError, ValueError):
+        return empty_snapshot()
+    finally:
+        os.close(fd)
+    return snap if isinstance(snap, dict) else empty_snapshot()
+
+
+def public_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` without local paths (the probe file's folder, the stats file) for HTTP responses."""
+    out = dict(snap)
+    cfg = out.get("config")
+    if isinstance(cfg, dict):
+        cfg = {k: v for k, v in cfg.items() if k != "stats_file"}
+        if isinstance(cfg.get("probe"), str):
+            cfg["probe"] = Path(cfg["probe"]).name
+        out["config"] = cfg
+    return out
 
 
 class SkipStatsCollector:
-    """Prometheus collector exporting a stats file as ``sedac_mlp_{skipped,evaluated}_total{band}``."""
+    """Prometheus collector exporting a stats snapshot as ``sedac_mlp_{skipped,evaluated}_total{band}``.
 
-    def __init__(self, path: str | Path):
+    ``collect`` does no file I/O (Prometheus calls it on the event loop): it exports :attr:`snapshot`,
+    which :meth:`refresh` (blocking; run it in a thread) reloads from the stats file.
+    """
+
+    def __init__(self, path: str | Path | None):
         self.path = path
+        self.snapshot: dict[str, Any] = empty_snapshot()
+
+    def refresh(self) -> dict[str, Any]:
+        self.snapshot = read_stats(self.path)
+        return self.snapshot
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        snap = read_stats(self.path)
+        snap = self.snapshot
         skipped = CounterMetricFamily("sedac_mlp_skipped", "MLP evaluations (token x layer) skipped by sedac",
                                       labels=["band"])
         evaluated = CounterMetricFamily("sedac_mlp_evaluated", "MLP evaluations (token x layer) in sedac skip bands",

