@@ -43,6 +43,11 @@ class CalibrateConfig:
     batch_size: int = 8  #: --batch-size: sequences per forward (token policies)
     gamma: float = 1.0  #: --gamma: dynamic-threshold sensitivity (fixed, not certified)
     prior_tokens: float = 8.0  #: --prior-tokens: dynamic running-mean prior weight k (fixed)
+    soft_levels: list[float] = _field(default_factory=lambda: [0.05, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25, 0.3])
+    #: --soft-levels: grid of base levels lam for soft policies (increasing = conservative -> aggressive)
+    soft_gamma: float = 0.1  #: --soft-gamma: level change per std of the probe score (soft-probe; fixed)
+    soft_a_x: float = 1.0  #: --soft-a-x: sparsity of the gate/up input per unit of level (fixed)
+    soft_a_h: float = 1.0  #: --soft-a-h: sparsity of the down input per unit of level (fixed)
     test_fraction: float = 0.5  #: --test-fraction: held-out share of the units (0: none)
     resamples: int = 100  #: --resamples: random calibrate/test splits in the resampling check
     seed: int = 0  #: --seed: data order, splits
@@ -84,6 +89,16 @@ class CalibrateConfig:
             raise ConfigError(f"--stop-factor must be >= 0, got {self.stop_factor}")
         if self.gamma < 0 or self.prior_tokens <= 0:
             raise ConfigError("--gamma must be >= 0 and --prior-tokens > 0")
+        if isinstance(self.soft_levels, str):
+            try:
+                self.soft_levels = [float(x) for x in self.soft_levels.split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"--soft-levels must be a comma list of numbers, got {self.soft_levels!r}") from None
+        lv = list(self.soft_levels)
+        if not lv or any(not 0 < x <= 1 for x in lv) or any(b <= a for a, b in zip(lv, lv[1:])):
+            raise ConfigError(f"--soft-levels must be strictly increasing values in (0, 1], got {lv}")
+        if self.soft_gamma < 0 or self.soft_a_x < 0 or self.soft_a_h < 0:
+            raise ConfigError("--soft-gamma, --soft-a-x and --soft-a-h must be >= 0")
         if isinstance(self.policies, str):
             self.policies = [p.strip() for p in self.policies.split(",") if p.strip()]
         if not self.policies:

@@ -6,6 +6,8 @@ procedure certifies all of them:
 * ``static-*``: a threshold on the probe *score* (P(safe) for safety probes, -entropy for entropy
   probes), shared by all bands of a multi-band probe (one scalar keeps the fixed-sequence order total;
   per-band thresholds would need a multi-dimensional search).
+* ``soft-uniform`` / ``soft-probe``: the base level ``lam`` of :class:`sedac.runtime.soft.SoftParams`
+  on the fixed grid ``--soft-levels`` (:mod:`sedac.calibration.soft`).
 * ``dynamic-*``: ``lam`` of ``thr_t = lam + gamma * (ref - m_t)`` (raw score space,
   :mod:`sedac.runtime.policy`); ``gamma`` and ``prior_tokens`` are fixed by the config and ``ref`` is
   the mean raw score of the grid-selection sequences.
@@ -25,14 +27,14 @@ import numpy as np
 from sedac.errors import ConfigError
 from sedac.runtime.policy import DynamicParams, SkipConfig
 
-KINDS = ("static-token", "dynamic-token", "static-batch", "dynamic-batch")
+KINDS = ("static-token", "dynamic-token", "static-batch", "dynamic-batch", "soft-uniform", "soft-probe")
 
 
 @dataclass(frozen=True)
 class PolicySpec:
     name: str  #: e.g. "static-token"
-    mode: str  #: "static" or "dynamic"
-    policy: str  #: "token" or "batch"
+    mode: str  #: "static", "dynamic" or "soft"
+    policy: str  #: "token" or "batch" (whole-MLP skip); "uniform" or "probe" (soft skip family)
 
 
 def parse_policy(name: str) -> PolicySpec:

@@ -26,6 +26,7 @@ from sedac.calibration.bounds import min_epsilon
 from sedac.calibration.config import CalibrateConfig
 from sedac.calibration.ltt import certify, resampling_check, split_indices
 from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
+from sedac.calibration.soft import soft_params
 from sedac.errors import CalibrationError
 
 
@@ -54,7 +55,8 @@ def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, ba
             bar.advance(task)
         if cfg.stop_factor > 0 and R[:, j].mean() > cfg.stop_factor * cfg.epsilon:
             break
-    return {"grid": grid, "risk": R, "skip": K, "unit_size": unit}
+    widths = sum(b - a + 1 for a, b in probe.bands)
+    return {"grid": grid, "risk": R, "skip": K, "unit_size": unit, "bytes_factor": widths / parts.num_layers}
 
 
 def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, data_fp: str, ref: float) -> dict:
@@ -77,11 +79,15 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
                   "test_fraction": cfg.test_fraction},
         "certified": j is not None, "index": j,
         "value": float(grid[j]) if j is not None else None,
-        "value_kind": "score threshold" if spec.mode == "static" else "lam (raw space)",
+        "value_kind": {"static": "score threshold", "dynamic": "lam (raw space)", "soft": "soft level lam"}[spec.mode],
         "empirical_risk": res.risks[j] if j is not None else None,
         "upper_bound": res.ucbs[j] if j is not None else None,
         "p_value": res.pvalues[j] if j is not None else None,
         "skip_rate": col(K, cal, j) if j is not None else 0.0,
+        "skip_kind": "MLP weight bytes not read (all layers)" if spec.mode == "soft" else "band MLP evaluations skipped",
+        "mlp_bytes_saved": (col(K, cal, j) or 0.0) * m["bytes_factor"] if j is not None else 0.0,
+        "mlp_bytes_saved_test": ((col(K, test, j) or 0.0) * m["bytes_factor"] if j is not None else 0.0)
+        if len(test) else None,
         "test_risk": col(R, test, j) if j is not None else (0.0 if len(test) else None),
         "test_skip_rate": col(K, test, j) if j is not None else (0.0 if len(test) else None),
         "smallest_risk": float(np.nanmin(R.mean(0))) if R.size else None,
@@ -90,10 +96,13 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
     }
     if spec.mode == "dynamic":
         cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
+    if spec.mode == "soft":
+        cert["soft"] = m["soft"] | ({"lam": float(grid[j])} if j is not None else {})
     curve = {"grid": list(map(float, grid)), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
              "skip_cal": [col(K, cal, k) for k in range(len(grid))],
              "risk_test": [col(R, test, k) for k in range(len(grid))],
              "skip_test": [col(K, test, k) for k in range(len(grid))],
+             "bytes_factor": m["bytes_factor"],
              "risk_all": [col(R, np.arange(R.shape[0]), k) for k in range(len(grid))],
              "skip_all": [col(K, np.arange(R.shape[0]), k) for k in range(len(grid))]}
     resamp = (resampling_check(R, cfg.epsilon, cfg.delta, cfg.bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
@@ -140,9 +149,21 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         pool_dyn = np.concatenate([
             dynamic_effective(f["raw"][: len(s.ids)].numpy(), ref, cfg.gamma, cfg.prior_tokens)
             [s.first_scored: len(s.ids) - 1].reshape(-1) for f, s in zip(full_grid, grid_seqs)])
-        measured = {spec.name: measure_policy(cfg, spec, model, parts, probe, units, full,
-                                              pool if spec.mode == "static" else pool_dyn, ref, bar)
-                    for spec in specs}
+        measured = {}
+        soft_tab = None
+        for spec in specs:
+            if spec.mode == "soft":
+                from sedac.calibration.soft import measure_soft_policy, probe_score_stats, soft_table
+
+                if soft_tab is None:
+                    soft_tab, soft_src = soft_table(probe, model, grid_seqs)
+                sref, sscale = probe_score_stats(probe, full_grid, grid_seqs)
+                m = measure_soft_policy(cfg, spec.policy, model, probe, units, full, soft_tab, sref, sscale, bar)
+                m["soft"] = soft_params(spec.policy, 0.0, cfg, sref, sscale).to_dict()
+                measured[spec.name] = m
+            else:
+                measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full,
+                                                     pool if spec.mode == "static" else pool_dyn, ref, bar)
     per_seq_tokens = np.array([n_scored_tokens([s]) for s in units])
     results = {}
     for spec in specs:
@@ -160,13 +181,17 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if ok:
         thresholds: dict[str, dict] = {}
         for c in ok:
+            if c["mode"] == "soft":  # soft: one parameter set for the whole model (not per band)
+                thresholds.setdefault("soft", {})[c["policy"]] = c["soft"]
+                continue
             entry = threshold_entry(parse_policy(c["name"]), c["value"], ref, cfg.gamma, cfg.prior_tokens)
             thresholds.setdefault(c["mode"], {})[c["policy"]] = {b: entry for b in probe.band_names}
-        best = max(ok, key=lambda c: (c["skip_rate"], c["mode"] == "static", c["policy"] == "token"))
+        best = max(ok, key=lambda c: (c["mlp_bytes_saved"], c["mode"] == "static", c["policy"] == "token"))
         calibration = {"thresholds": thresholds, "certificates": certs, "epsilon": cfg.epsilon, "delta": cfg.delta,
                        "default": {"mode": best["mode"], "policy": best["policy"]},
                        "band_sharing": "one shared threshold for all bands", "provenance": prov}
-        out = update_calibration(cfg.probe, calibration, out=cfg.out)
+        out = update_calibration(cfg.probe, calibration, out=cfg.out, soft_table=soft_tab,
+                                 soft_source=soft_src if soft_tab is not None else "")
         summary["out"] = str(out)
         summary["default"] = calibration["default"]
     report_dir = Path(cfg.report_dir) if cfg.report_dir else Path(cfg.out or cfg.probe).with_suffix("").with_name(

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         epsilon: float = typer.Option(0.01, "--epsilon", help="Tolerated mean per-sequence risk."),
         delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the risk exceeds epsilon."),
         policies: str = typer.Option("static-token,dynamic-token", "--policies",
-                                     help="Comma list of static-token, dynamic-token, static-batch, dynamic-batch."),
+                                     help="Comma list of static-token, dynamic-token, static-batch, dynamic-batch (whole-MLP skip), "
+                                          "soft-uniform, soft-probe (soft skip: per-token magnitude sparsity of the MLP inputs)."),
         out: Optional[str] = typer.Option(None, "--out", help="Calibrated probe path (default: rewrite --probe)."),
         report_dir: Optional[str] = typer.Option(None, "--report-dir", help="Report folder (default: <out>.calibration/)."),
         model: Optional[str] = typer.Option(None, "--model", help="Model alias, HF folder or hub id (default: embedded SmolLM2)."),
@@ -45,6 +46,11 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward (token policies)."),
         gamma: float = typer.Option(1.0, "--gamma", help="Dynamic threshold sensitivity (fixed)."),
         prior_tokens: float = typer.Option(8.0, "--prior-tokens", help="Dynamic running-mean prior weight (fixed)."),
+        soft_levels: str = typer.Option("0.05,0.08,0.1,0.12,0.14,0.16,0.18,0.2,0.25,0.3", "--soft-levels",
+                                        help="Soft policies: grid of base levels (fraction of MLP inputs zeroed), increasing."),
+        soft_gamma: float = typer.Option(0.1, "--soft-gamma", help="soft-probe: level change per std of the probe score (fixed)."),
+        soft_a_x: float = typer.Option(1.0, "--soft-a-x", help="Soft: sparsity of the gate/up input per unit of level."),
+        soft_a_h: float = typer.Option(1.0, "--soft-a-h", help="Soft: sparsity of the down input per unit of level."),
         test_fraction: float = typer.Option(0.5, "--test-fraction", help="Held-out share of the units."),
         resamples: int = typer.Option(100, "--resamples", help="Random splits in the resampling check."),
         seed: int = typer.Option(0, "--seed", help="Seed for data order and splits."),
@@ -61,7 +67,8 @@ def register(app: typer.Typer) -> None:
             bound=bound, policies=policies, grid_size=grid_size, grid_min_skip=grid_min_skip,
             grid_max_skip=grid_max_skip, stop_factor=stop_factor, batch_concurrency=batch_concurrency,
             batch_size=batch_size, gamma=gamma, prior_tokens=prior_tokens, test_fraction=test_fraction,
-            resamples=resamples, seed=seed, dtype=dtype, device=device,
+            resamples=resamples, seed=seed, dtype=dtype, device=device, soft_levels=soft_levels,
+            soft_gamma=soft_gamma, soft_a_x=soft_a_x, soft_a_h=soft_a_h,
         )
         s = calibrate(cfg)
         from rich.console import Console

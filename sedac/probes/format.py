@@ -9,6 +9,9 @@ A probe is a ``.safetensors`` file — never pickle. Tensors (float32):
 ``head.down``      ``[r, d]``  low-rank head, first factor (``head = "lowrank"``)
 ``head.up``        ``[K, r]``  low-rank head, second factor
 ``head.bias``      ``[K]``
+``soft.table``     ``[L,2,Q]`` optional (format 2): soft-skip magnitude quantiles of ``|x|``/``|h|``
+                               per layer at ``p = 1/(Q+1) ... Q/(Q+1)`` (``p = 0`` -> 0 and ``p = 1`` ->
+                               +inf are implied), see :mod:`sedac.runtime.soft`
 =================  ==========  ==================================================
 
 The header's ``__metadata__`` holds one key, ``"sedac"``, whose value is the JSON of
@@ -36,7 +39,7 @@ from typing import Any
 
 from sedac.errors import ProbeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  #: 2 added the optional soft-skip table; version-1 files load unchanged
 MAX_FILE_BYTES = 256 * 1024 * 1024  # probes are KBs–MBs; refuse anything absurd before reading
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 HEADS = ("linear", "lowrank")
@@ -79,6 +82,7 @@ class ProbeMeta:
     training: dict[str, Any] = field(default_factory=dict)  #: validation metrics etc.
     calibration: dict[str, Any] = field(default_factory=dict)  #: thresholds + certificate
     provenance: dict[str, Any] = field(default_factory=dict)
+    soft: dict[str, Any] = field(default_factory=dict)  #: soft-skip table info ({"quantiles": Q, "source": ...})
     format_version: int = FORMAT_VERSION
 
     @property
@@ -153,7 +157,7 @@ class ProbeMeta:
         except TypeError as exc:
             raise ProbeError(f"probe metadata malformed: {exc}") from None
         for name, typ in (("model_fingerprint", dict), ("training", dict), ("calibration", dict),
-                          ("provenance", dict), ("targets", list), ("bands", list)):
+                          ("provenance", dict), ("targets", list), ("bands", list), ("soft", dict)):
             if not isinstance(getattr(meta, name), typ):
                 raise ProbeError(f"probe metadata: {name} must be a {typ.__name__}")
         meta.bands = [list(b) if isinstance(b, (list, tuple)) else b for b in meta.bands]
@@ -171,6 +175,12 @@ def expected_shapes(meta: ProbeMeta, hidden: int) -> dict[str, tuple[int, ...]]:
             raise ProbeError(f"probe metadata: low-rank head needs a positive integer rank, got {meta.rank!r}")
         shapes["head.down"] = (meta.rank, hidden)
         shapes["head.up"] = (k, meta.rank)
+    if meta.soft:
+        q = meta.soft.get("quantiles")
+        n = fingerprint_int(meta.model_fingerprint, "num_layers")
+        if not _is_int(q) or q < 3 or not n:
+            raise ProbeError(f"probe metadata: soft.quantiles must be an integer >= 3 with a known layer count, got {q!r}")
+        shapes["soft.table"] = (n, 2, q - 2)
     return shapes
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sedac.errors import ProbeError
 from sedac.probes.format import (
+    FORMAT_VERSION,
     ProbeMeta,
     band_name,
     fingerprint_int,
@@ -119,6 +120,22 @@ class Probe:
             return math.inf
         return math.log(p / (1.0 - p))
 
+    def soft_table(self):
+        """The soft-skip quantile table ``[L, 2, Q]`` (float32, with the implied 0 / +inf ends) or None."""
+        import torch
+
+        t = self.tensors.get("soft.table")
+        if t is None:
+            return None
+        n, m, _ = t.shape
+        return torch.cat([torch.zeros(n, m, 1), t.float(), torch.full((n, m, 1), math.inf)], -1)
+
+    def set_soft_table(self, table, source: str) -> None:
+        """Store a ``[L, 2, Q]`` table (from :func:`sedac.runtime.soft.table_from_histograms`)."""
+        self.tensors["soft.table"] = table[..., 1:-1].detach().to("cpu").float().contiguous()
+        self.meta.soft = {"quantiles": int(table.shape[-1]), "source": source}
+        self.meta.format_version = FORMAT_VERSION
+
     # ----------------------------------------------------------------- io
     def save(self, path: str | Path) -> Path:
         return save_probe_file(path, self.meta, self.tensors)
@@ -156,8 +173,12 @@ def save_probe(path: str | Path, probe: Probe) -> Path:
     return probe.save(path)
 
 
-def update_calibration(path: str | Path, calibration: dict[str, Any], out: str | Path | None = None) -> Path:
-    """Rewrite a probe with new calibration metadata; tensors and all other metadata unchanged."""
+def update_calibration(path: str | Path, calibration: dict[str, Any], out: str | Path | None = None,
+                       soft_table=None, soft_source: str = "") -> Path:
+    """Rewrite a probe with new calibration metadata (and, optionally, a soft-skip table); the head
+    tensors and all other metadata are unchanged."""
     probe = load_probe(path)
     probe.meta.calibration = calibration
+    if soft_table is not None and probe.soft_table() is None:
+        probe.set_soft_table(soft_table, soft_source)
     return probe.save(out or path)
