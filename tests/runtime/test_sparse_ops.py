@@ -1,0 +1,125 @@
+"""``sedac::sparse_mlp`` (soft skip): the PyTorch reference, the op, and (CPU) its contract.
+
+The Triton kernels are tested in tests/runtime/test_sparse_kernels.py (interpreter on CPU, GPU-marked on CUDA).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sedac.runtime.sparse_ops import mlp_bytes_read, prepare_sparse_weights, sparse_mlp_reference
+
+INF = float("inf")
+
+
+def fp64_reference(x, thr_x, thr_h, w_gate_up, w_down):
+    """Independent float64 formula on the ORIGINAL layout (Wgu [2I, H], Wd [H, I])."""
+    inter = w_down.shape[1]
+    xd = x.double()
+    xm = xd * (xd.abs() >= thr_x.double()[:, None])
+    gu = xm @ w_gate_up.double().T
+    h = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+    hm = h * (h.abs() >= thr_h.double()[:, None])
+    return hm @ w_down.double().T
+
+
+def rel_err(y, ref):
+    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def make(n, hid, inter, dtype=torch.float32, seed=0, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(n, hid, generator=g, device=device).to(dtype)
+    wgu = (torch.randn(2 * inter, hid, generator=g, device=device) / hid**0.5).to(dtype)
+    wd = (torch.randn(hid, inter, generator=g, device=device) / inter**0.5).to(dtype)
+    return x, wgu, wd
+
+
+def quantile_thresholds(x, s):
+    """Per-row threshold that drops a fraction ``s`` of the row's entries by magnitude."""
+    return torch.quantile(x.abs().float(), s, dim=1).contiguous()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_reference_matches_fp64_formula(dtype, tol):
+    x, wgu, wd = make(7, 48, 80, dtype)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    thr_x = quantile_thresholds(x, 0.4)
+    thr_x[2] = INF  # whole-MLP skip for row 2
+    thr_x[5] = 0.0  # dense row
+    thr_h = torch.full((7,), 0.05)
+    thr_h[5] = -1.0
+    y = torch.ops.sedac.sparse_mlp(x, thr_x, thr_h, w1, w2)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel_err(y, fp64_reference(x, thr_x, thr_h, wgu, wd)) < tol
+    assert (y[2] == 0).all()
+
+
+def test_dense_thresholds_give_the_plain_mlp():
+    x, wgu, wd = make(5, 32, 64)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    zero = torch.zeros(5)
+    y = sparse_mlp_reference(x, zero, -torch.ones(5), w1, w2)
+    gu = x @ wgu.T
+    dense = (torch.nn.functional.silu(gu[:, :64]) * gu[:, 64:]) @ wd.T
+    assert torch.allclose(y, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_sparsity_changes_the_output_and_inf_skips():
+    x, wgu, wd = make(4, 32, 64, seed=1)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    dense = sparse_mlp_reference(x, torch.zeros(4), torch.zeros(4), w1, w2)
+    sparse = sparse_mlp_reference(x, quantile_thresholds(x, 0.5), torch.zeros(4), w1, w2)
+    assert rel_err(sparse, dense.double()) > 1e-3  # masking really happens
+    skipped = sparse_mlp_reference(x, torch.full((4,), INF), torch.zeros(4), w1, w2)
+    assert (skipped == 0).all()
+
+
+def test_rows_are_independent_of_batch_mates():
+    x, wgu, wd = make(6, 32, 64, seed=2)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    thr_x, thr_h = quantile_thresholds(x, 0.3), torch.full((6,), 0.1)
+    y = sparse_mlp_reference(x, thr_x, thr_h, w1, w2)
+    x2, thr2 = x.clone(), thr_x.clone()
+    x2[1:] = torch.randn(5, 32)
+    thr2[1:] = torch.tensor([0.0, INF, 0.5, 2.0, 0.1])
+    y2 = sparse_mlp_reference(x2, thr2, thr_h, w1, w2)
+    assert torch.equal(y[0], y2[0])
+    alone = sparse_mlp_reference(x[:1], thr_x[:1], thr_h[:1], w1, w2)
+    assert torch.allclose(alone[0], y[0], atol=1e-6)
+
+
+def test_op_is_opaque_to_torch_compile():
+    x, wgu, wd = make(3, 32, 64, seed=3)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    thr_x, thr_h = quantile_thresholds(x, 0.25), torch.full((3,), 0.05)
+
+    def f(x, thr_x, thr_h):
+        return torch.ops.sedac.sparse_mlp(x * 2.0, thr_x, thr_h, w1, w2) + 1.0
+
+    y = torch.compile(f, backend="aot_eager", fullgraph=True)(x, thr_x, thr_h)
+    assert rel_err(y - 1.0, fp64_reference(x * 2.0, thr_x, thr_h, wgu, wd)) < 1e-5
+
+
+def test_prepare_layout_and_errors():
+    x, wgu, wd = make(2, 16, 24)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    assert w1.shape == (16, 48) and w2.shape == (24, 16)
+    assert torch.equal(w1, wgu.T) and torch.equal(w2, wd.T)
+    with pytest.raises(ValueError, match="must be \\[2I, H\\]"):
+        prepare_sparse_weights(wd, wgu)
+    with pytest.raises(ValueError, match="prepare_sparse_weights"):
+        torch.ops.sedac.sparse_mlp(x, torch.zeros(2), torch.zeros(2), wgu, wd)
+    with pytest.raises(ValueError, match="thr_x"):
+        torch.ops.sedac.sparse_mlp(x, torch.zeros(3), torch.zeros(2), w1, w2)
+
+
+def test_bytes_read_is_the_union():
+    x, wgu, wd = make(2, 8, 16)
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    x = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0, 0, 0]])
+    r = mlp_bytes_read(x, torch.full((2,), 0.5), torch.zeros(2), w1, w2)
+    assert r["x_union"] == pytest.approx(2 / 8)
+    r = mlp_bytes_read(x, torch.full((2,), INF), torch.zeros(2), w1, w2)
+    assert r["weight_fraction"] == 0.0
