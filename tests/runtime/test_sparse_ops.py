@@ -1,9 +1,21 @@
-"""``sedac::sparse_mlp`` (soft skip): the PyTorch reference, the op, and (CPU) its contract.
+"""``sedac::sparse_mlp`` (soft skip): the PyTorch reference, the op, and the Triton kernels.
 
-The Triton kernels are tested in tests/runtime/test_sparse_kernels.py (interpreter on CPU, GPU-marked on CUDA).
+CPU: the reference/op against an independent float64 formula; the Triton kernels through Triton's
+interpreter (``TRITON_INTERPRET=1`` set before triton is imported, hence a subprocess) at small odd
+shapes, both down-kernel finishes (in-kernel last-program reduce, separate reduce launch).
+GPU (``gpu`` marker, scripts/gpu_bench.sh): the kernels at the Qwen2.5-7B shape and odd shapes, every row
+bucket, vs float64 within bf16 rounding, poisoned outputs, NaN weights that must not be read, and one
+CUDA graph replayed under changing thresholds.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +135,74 @@ def test_bytes_read_is_the_union():
     assert r["x_union"] == pytest.approx(2 / 8)
     r = mlp_bytes_read(x, torch.full((2,), INF), torch.zeros(2), w1, w2)
     assert r["weight_fraction"] == 0.0
+
+
+# --------------------------------------------------------------------------- Triton, interpreter (CPU)
+ROOT = Path(__file__).resolve().parents[2]
+
+INTERP_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    sys.path.insert(0, "tests/runtime")
+    from sedac.runtime.kernels.sparse_triton import sparse_mlp_triton
+    from sedac.runtime.sparse_ops import prepare_sparse_weights
+    from test_sparse_ops import fp64_reference, rel_err, make, quantile_thresholds
+    res = []
+    H, I = 40, 72  # not multiples of the block sizes
+    cases = [(1, torch.float32), (1, torch.float16), (1, torch.bfloat16), (3, torch.float16), (17, torch.float32),
+             (33, torch.float16)]
+    for seed, (n, dt) in enumerate(cases):
+        x, wgu, wd = make(n, H, I, dt, seed=seed)
+        w1, w2 = [w.contiguous() for w in prepare_sparse_weights(wgu, wd)]
+        for s in (0.0, 0.25, 0.5, 1.0):
+            tx = quantile_thresholds(x, s) if 0 < s < 1 else torch.full((n,), 0.0 if s == 0 else float("inf"))
+            if n > 1 and s == 0.5:
+                tx[1] = float("inf")  # one row skips its whole MLP
+            th = torch.full((n,), 0.0 if s == 0 else 0.02)
+            for ks, fused in ((16, True), (16, False), (1024, True)):  # split-K (2 finishes) and one split
+                w1p, w2p = w1, w2
+                if s == 1.0:  # nothing needed: NaN weights must never be read
+                    w1p, w2p = torch.full_like(w1, float("nan")), torch.full_like(w2, float("nan"))
+                out = torch.full((n, H), float("nan"), dtype=dt)
+                h = torch.full((n, I), float("nan"), dtype=dt)
+                y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h,
+                                      config=((16, 16, 1, 1), (16, 16, 1 if ks > 100 else 8, 1, 1, fused)))
+                ref = fp64_reference(x, tx, th, wgu, wd)
+                res.append(dict(n=n, dt=str(dt), s=s, fused=fused, finite=bool(torch.isfinite(y).all()),
+                                inf_rows_zero=bool((y[tx == float("inf")] == 0).all()),
+                                err=rel_err(y, ref) if ref.norm() > 0 else float(y.abs().max())))
+    # batch-mates do not change a row (N = 5, same bucket): exact equality
+    x, wgu, wd = make(5, H, I, torch.float32, seed=9)
+    w1, w2 = [w.contiguous() for w in prepare_sparse_weights(wgu, wd)]
+    tx, th = quantile_thresholds(x, 0.4), torch.full((5,), 0.02)
+    y = sparse_mlp_triton(x, tx, th, w1, w2, config=((16, 16, 1, 1), (16, 16, 8, 1, 1, True)))
+    x2, tx2 = x.clone(), tx.clone()
+    x2[1:] = torch.randn(4, H)
+    tx2[1:] = torch.tensor([0.0, float("inf"), 0.3, 1.5])
+    y2 = sparse_mlp_triton(x2, tx2, th, w1, w2, config=((16, 16, 1, 1), (16, 16, 8, 1, 1, True)))
+    # an input no row keeps: its w1 row is never read (NaN there changes nothing)
+    x3 = x.clone()
+    x3[:, 7] = 0.0
+    w1n = w1.clone()
+    w1n[7] = float("nan")
+    y3 = sparse_mlp_triton(x3, tx, th, w1n, w2, config=((16, 16, 1, 1), (16, 16, 8, 1, 1, True)))
+    y3r = sparse_mlp_triton(x3, tx, th, w1, w2, config=((16, 16, 1, 1), (16, 16, 8, 1, 1, True)))
+    extra = dict(independent=bool(torch.equal(y[0], y2[0])), union_only=bool(torch.equal(y3, y3r)))
+    print(json.dumps(dict(res=res, extra=extra)))
+""")
+
+#: the interpreter converts to bfloat16 by truncation (not round-to-nearest as the GPU does), so its
+#: bf16 error is ~4x the GPU's; float16/float32 cases carry the tight checks
+INTERP_TOL = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 3e-2}
+
+
+def test_sparse_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", INTERP_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["res"]) == 6 * 4 * 3
+    for r in out["res"]:
+        assert r["finite"] and r["inf_rows_zero"], r
+        assert r["err"] < INTERP_TOL[r["dt"]], r
+    assert out["extra"] == {"independent": True, "union_only": True}
