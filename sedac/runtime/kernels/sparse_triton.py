@@ -172,10 +172,9 @@ def _launch_down(h, w2, out, cfg):
     bn, bk, programs, warps, stages, fused = cfg
     cols = triton.cdiv(hid, bn)
     s, ks = splits_for(programs, cols, inter, bk)
-    cnt = counters(out.device) if fused and s > 1 else None
-    fused = fused and cnt is not None and cols <= cnt.numel()
+    fused = fused and s > 1
+    cnt = counters(out.device, cols) if fused else out
     part = torch.empty((s, n, hid), device=out.device, dtype=torch.float32) if s > 1 else out
-    cnt = cnt if fused else out
     grid = (cols, s)
     if n == 1:
         _down_gemv[grid](h, w2, out, part, cnt, hid, inter, ks, s, BN=bn, BK=bk, FUSED=fused,

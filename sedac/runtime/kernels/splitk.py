@@ -9,7 +9,7 @@ dimension into an fp32 tile. :func:`finish_tile` then either
   (``acq_rel``, after a CTA barrier, the pattern of a grid barrier); the program that arrives last
   sums the S partials (L2 reads, ``.cg``), writes the output and resets the counter to 0 for the next
   launch - one launch, no extra kernel, no host sync, CUDA-graph safe (the counters are allocated
-  once, outside capture, zeroed, and left zeroed by every launch);
+  once outside capture, zeroed, and left zeroed by every launch);
 * otherwise writes the partial; :func:`reduce_partials` (a second, tiny launch) finishes.
 
 Counters are per device and shared by sequential launches on one stream (decode runs one stream).
@@ -67,14 +67,15 @@ def reduce_partials(part: torch.Tensor, out: torch.Tensor) -> None:
     _reduce_kernel[(triton.cdiv(n * c, block),)](part, out, n, c, s, out.stride(0), BLOCK=block)
 
 
-def counters(device: torch.device) -> torch.Tensor | None:
-    """The zeroed int32 counters of ``device`` (allocated on first use outside graph capture; None inside)."""
+def counters(device: torch.device, needed: int = 1) -> torch.Tensor:
+    """Zeroed int32 counters of ``device``: allocated once and cached outside graph capture; inside a
+    capture with none cached, a fresh ``zeros`` (its memset is captured and replays, so still correct)."""
     key = (device.type, device.index)
     buf = _COUNTERS.get(key)
-    if buf is None:
+    if buf is None or buf.numel() < needed:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None  # never allocate a long-lived buffer from a graph's private pool
-        buf = torch.zeros(MAX_COLUMN_BLOCKS, dtype=torch.int32, device=device)
+            return torch.zeros(needed, dtype=torch.int32, device=device)  # never cache a graph-pool buffer
+        buf = torch.zeros(max(needed, MAX_COLUMN_BLOCKS), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
 
