@@ -28,12 +28,12 @@ step() {  # step NAME TIMEOUT CMD...: run, tee to $OUT/NAME.txt, remember a non-
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv
   "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
-# 1. correctness of every kernel path on the GPU (skip kernels and soft-skip kernels)
-step gpu_tests "${TEST_TIMEOUT:-240}" "$PY" -m pytest -q -m gpu tests/runtime/test_kernels.py \
-  tests/runtime/test_sparse_ops.py -p no:cacheprovider
-# 2. soft skip: MLP level per sparsity, decode steps at batch 1/4/8/32, eager and compiled
+# 1. soft skip: MLP level per sparsity, decode steps at batch 1/4/8/32, eager and compiled
 step soft "${SOFT_TIMEOUT:-300}" "$PY" -m sedac.bench.decode decode --shape qwen2.5-7b --soft \
   --batch 1 --batch 4 --batch 8 --batch 32 --out "$OUT/soft.json" --evidence-dir "$OUT" "$@"
+# 2. correctness of every kernel path on the GPU (skip kernels and soft-skip kernels)
+step gpu_tests "${TEST_TIMEOUT:-240}" "$PY" -m pytest -q -m gpu tests/runtime/test_kernels.py \
+  tests/runtime/test_sparse_ops.py -p no:cacheprovider
 # 3. skip mechanism: never-firing and always-firing band of 14 (eager batch 1 and 32; compiled batch 1)
 step decode "${BENCH_TIMEOUT:-150}" "$PY" -m sedac.bench.decode decode --shape qwen2.5-7b --band 14 \
   --fraction 0 --fraction 1 "$@"
