@@ -148,8 +148,10 @@ INTERP_SCRIPT = textwrap.dedent("""
     from test_sparse_ops import fp64_reference, rel_err, make, quantile_thresholds
     res = []
     H, I = 40, 72  # not multiples of the block sizes
+    def prog(n, split):  # N == 1: inputs per split (power of 2); N > 1: target program count
+        return (16 if split else 128) if n == 1 else (8 if split else 1)
     cases = [(1, torch.float32), (1, torch.float16), (1, torch.bfloat16), (3, torch.float16), (17, torch.float32),
-             (33, torch.float16)]
+             (32, torch.float16)]
     for seed, (n, dt) in enumerate(cases):
         x, wgu, wd = make(n, H, I, dt, seed=seed)
         w1, w2 = [w.contiguous() for w in prepare_sparse_weights(wgu, wd)]
@@ -158,14 +160,14 @@ INTERP_SCRIPT = textwrap.dedent("""
             if n > 1 and s == 0.5:
                 tx[1] = float("inf")  # one row skips its whole MLP
             th = torch.full((n,), 0.0 if s == 0 else 0.02)
-            for ks, fused in ((16, True), (16, False), (1024, True)):  # split-K (2 finishes) and one split
+            for split, fused in ((True, True), (True, False), (False, True)):  # split-K (2 finishes), one split
                 w1p, w2p = w1, w2
                 if s == 1.0:  # nothing needed: NaN weights must never be read
                     w1p, w2p = torch.full_like(w1, float("nan")), torch.full_like(w2, float("nan"))
                 out = torch.full((n, H), float("nan"), dtype=dt)
                 h = torch.full((n, I), float("nan"), dtype=dt)
                 y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h,
-                                      config=((16, 16, 1, 1), (16, 16, 1 if ks > 100 else 8, 1, 1, fused)))
+                                      config=((16, 16, 1, 1), (16, 16, prog(n, split), 1, 1, fused)))
                 ref = fp64_reference(x, tx, th, wgu, wd)
                 res.append(dict(n=n, dt=str(dt), s=s, fused=fused, finite=bool(torch.isfinite(y).all()),
                                 inf_rows_zero=bool((y[tx == float("inf")] == 0).all()),
@@ -237,7 +239,7 @@ def _gpu_case(n, hid, inter, seed):
 
 
 @gpu
-@pytest.mark.parametrize("n", [1, 2, 5, 16, 32, 64])
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 32])
 def test_gpu_sparse_qwen_shape(n):
     _gpu_case(n, 3584, 18944, seed=n)
 
@@ -265,11 +267,12 @@ def test_gpu_sparse_prefill_dispatch():
     from sedac.runtime.kernels import register
 
     register()
-    x, wgu, wd = make(130, 256, 512, torch.bfloat16, seed=8, device="cuda")
-    w1, w2 = prepare_sparse_weights(wgu, wd)
-    tx, th = quantile_thresholds(x, 0.4), torch.full((130,), 0.02, device="cuda")
-    y = torch.ops.sedac.sparse_mlp(x, tx, th, w1, w2)
-    assert rel_err(y, fp64_reference(x, tx, th, wgu, wd)) < BF16_TOL
+    for n in (64, 130):  # N > 32 -> masked cuBLAS
+        x, wgu, wd = make(n, 256, 512, torch.bfloat16, seed=8, device="cuda")
+        w1, w2 = prepare_sparse_weights(wgu, wd)
+        tx, th = quantile_thresholds(x, 0.4), torch.full((n,), 0.02, device="cuda")
+        y = torch.ops.sedac.sparse_mlp(x, tx, th, w1, w2)
+        assert rel_err(y, fp64_reference(x, tx, th, wgu, wd)) < BF16_TOL
 
 
 @gpu
