@@ -100,6 +100,8 @@ class DecodeBenchConfig:
     seed: int = 0  #: --seed: weight and probe RNG seed
     compile: bool = False  #: --compile: torch.compile the non-MLP tensor functions (all variants alike)
     attn: str = "sdpa"  #: --attn: "sdpa" (F.scaled_dot_product_attention, enable_gqa) or "bmm" (grouped matmuls)
+    soft: bool = False  #: --soft: soft-skip variants (every MLP sparse at --level), eager and compiled
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.4, 0.5])  #: --level: soft sparsity of x and h
 
     def __post_init__(self) -> None:
         if self.attn not in ("sdpa", "bmm"):
@@ -110,6 +112,8 @@ class DecodeBenchConfig:
             raise ConfigError("--batch must be >= 1")
         if self.kv_len < 1 or self.repeats < 1 or self.cycles < 1:
             raise ConfigError("--kv-len, --repeats and --cycles must be >= 1")
+        if any(not 0.0 <= lv < 1.0 for lv in self.levels):
+            raise ConfigError(f"--level must be in [0, 1), got {self.levels}")
         for f in self.fractions:
             if not 0.0 <= f <= 1.0 or abs(f * STEPS_PER_CYCLE - round(f * STEPS_PER_CYCLE)) > 1e-9:
                 raise ConfigError(f"--fraction must be a multiple of 1/{STEPS_PER_CYCLE} in [0, 1], got {f}")
@@ -182,6 +186,87 @@ def run_decode_bench(cfg: DecodeBenchConfig, progress=print) -> dict:
     return out
 
 
+def run_soft_bench(cfg: DecodeBenchConfig, progress=print) -> dict:
+    """Soft-skip variants (``--soft``): MLP microbenchmarks, then decode steps eager and compiled."""
+    import torch
+
+    from sedac.bench import decode_model as dm
+    from sedac.bench import decode_soft as ds
+    from sedac.provenance import provenance
+
+    shape = load_shape(cfg.shape)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)")
+    graphs = cfg.graphs and dev.type == "cuda"
+    dtype = torch.bfloat16
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    out = {"provenance": provenance(cfg, shape=shape, card=card, torch=torch.__version__), "card": card}
+    if dev.type == "cuda":
+        from sedac.runtime.kernels import register
+
+        register()
+        progress("MLP microbenchmarks: skip kernel keep-all vs cuBLAS (M = 1, 32); soft kernels per level")
+        out["mlp_skip"] = [dm.mlp_microbench(shape, n, dev, dtype, cfg.seed) for n in (1, 32)]
+        out["mlp_soft"] = [ds.mlp_soft_microbench(shape, n, cfg.levels, dev, dtype, cfg.seed) for n in cfg.batches]
+    model = dm.build_model(shape, dev, dtype, cfg.seed, cfg.kv_len, max(cfg.batches))
+    ds.prepare(model)
+    attn = cfg.attn if model.attn_impl != "bmm" else "bmm"
+    rows = []
+    for mode in ("eager", "compiled") if dev.type == "cuda" else ("eager",):
+        fns = dm.Fns(mode == "compiled", attn)
+        for bsz in cfg.batches:
+            tok = torch.randint(0, shape.vocab, (bsz,), device=dev, generator=torch.Generator(dev).manual_seed(bsz))
+            variants = [("baseline", None)] + [(f"soft {lv:g}", lv) for lv in cfg.levels] + [("baseline (again)", None)]
+            block = []
+            for name, lv in variants:
+                ctl = None
+                if lv is not None:
+                    ctl = ds.calibrate(model, ds.SoftControl(lv, shape.layers, bsz).to(dev), tok, fns)
+                times = dm.time_steps(model, bsz, ctl, graphs, cfg.repeats, cfg.cycles * STEPS_PER_CYCLE, fns, tok=tok)
+                wf = statistics.mean(ctl.weight_fraction) if ctl is not None else 1.0
+                row = {"mode": mode, "batch": bsz, "variant": name.split(" (")[0], "level": lv,
+                       "ms_median": statistics.median(times), "ms_min": min(times), "ms_max": max(times),
+                       "weight_fraction": wf,
+                       "ideal_speedup": ds.step_ideal(shape, bsz, cfg.kv_len, ctl.weight_fraction) if ctl else 1.0}
+                block.append(row)
+                progress(f"{mode:<8} batch {bsz:>3} {name:<18} {row['ms_median']:8.3f} ms/step  weights read {wf:.3f}")
+            base = statistics.median([r["ms_median"] for r in block if r["level"] is None])
+            for r in block:
+                r["speedup"] = base / r["ms_median"]
+                r["achieved_over_ideal"] = r["speedup"] / r["ideal_speedup"]
+            rows += block
+    out["soft_steps"] = rows
+    tok = torch.randint(0, shape.vocab, (1,), device=dev)
+    base = dm.step(model, tok, None).double()
+    dense = ds.calibrate(model, ds.SoftControl(0.0, shape.layers, 1).to(dev), tok, dm.Fns(False))
+    got = dm.step(model, tok, dense).double()
+    out["check"] = {"soft_dense_vs_baseline": ((got - base).norm() / base.norm()).item()}
+    return out
+
+
+def format_soft_table(result: dict) -> str:
+    """Markdown tables of a ``--soft`` run (MLP level, then step level)."""
+    lines = [f"card: {result['card']}", "", "| M | level | MLP us | dense best us | weights read | speedup | ideal "
+             "| realised/ideal | GB/s | rel.err vs fp64 |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result.get("mlp_soft", []):
+        for lv, r in m["levels"].items():
+            lines.append(f"| {m['rows']} | {lv} | {m['ms'][f'soft {float(lv)}'] * 1e3:.1f} | {m['dense_best_ms'] * 1e3:.1f} "
+                         f"| {r['weight_fraction']:.3f} | {r['speedup']:.3f} | {r['ideal']:.3f} | "
+                         f"{r['realised_over_ideal']:.3f} | {r['GBps']:.0f} | {r['rel_err_vs_fp64']:.1e} |")
+    for m in result.get("mlp_skip", []):
+        lines.append(f"\nskip kernel keep-all M={m['rows']}: " + ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in m["ms"].items())
+                     + f"; vs best cuBLAS = {m['speed_vs_best_torch']:.3f}; configs {m['configs']}")
+    lines += ["", "| mode | batch | variant | ms/step (median) | spread | weights read | speedup | ideal (bytes) "
+              "| achieved/ideal |", "|---|---:|---|---:|---|---:|---:|---:|---:|"]
+    for r in result["soft_steps"]:
+        lines.append(f"| {r['mode']} | {r['batch']} | {r['variant']} | {r['ms_median']:.3f} | {r['ms_min']:.3f}-"
+                     f"{r['ms_max']:.3f} | {r['weight_fraction']:.3f} | {r['speedup']:.3f} | {r['ideal_speedup']:.3f} "
+                     f"| {r['achieved_over_ideal']:.3f} |")
+    lines.append(f"output check: {result['check']}")
+    return "\n".join(lines)
+
+
 def format_table(result: dict) -> str:
     """Markdown table of the step timings (what docs/perf.md records)."""
     compiled = result["provenance"]["config"].get("compile")
@@ -207,13 +292,25 @@ def format_table(result: dict) -> str:
 def decode_command(shape: str = "qwen2.5-7b", backend: str = "torch", batch: list[int] = [1, 32],  # noqa: B006
                    kv_len: int = 2048, band: list[int] = [8, 14], fraction: list[float] = [0.0, 0.25, 0.5, 1.0],  # noqa: B006
                    repeats: int = 15, cycles: int = 8, device: str = "cuda", graphs: bool = True, seed: int = 0,
-                   out: Path | None = None, compile: bool = False, attn: str = "sdpa") -> None:
+                   out: Path | None = None, compile: bool = False, attn: str = "sdpa", soft: bool = False,
+                   level: list[float] = [0.0, 0.25, 0.4, 0.5], evidence_dir: Path | None = None) -> None:  # noqa: B006
     """Decode-step speed of a model shape: baseline vs sedac at controlled skip fractions (GPU, CUDA graphs)."""
     cfg = DecodeBenchConfig(shape=shape, backend=backend, batches=list(batch), kv_len=kv_len, bands=list(band),
                             fractions=list(fraction), repeats=repeats, cycles=cycles, device=device,
-                            graphs=graphs, seed=seed, compile=compile, attn=attn)
-    result = run_decode_bench(cfg)
-    print(format_table(result))
+                            graphs=graphs, seed=seed, compile=compile, attn=attn, soft=soft, levels=list(level))
+    if soft:
+        result = run_soft_bench(cfg)
+        print(format_soft_table(result))
+        if evidence_dir is not None and result["card"] != "cpu":
+            from sedac.bench.decode_soft import card_slug, evidence
+
+            path = Path(evidence_dir) / f"decode-soft-{card_slug(result['card'])}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(evidence(result), indent=1))
+            print(f"wrote {path}")
+    else:
+        result = run_decode_bench(cfg)
+        print(format_table(result))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
@@ -238,9 +335,13 @@ def add_decode_command(bench_app) -> None:
                out: Path = typer.Option(None, help="write the JSON result here"),
                compile: bool = typer.Option(False, help="torch.compile norms/projections/baseline MLP (all variants)"),
                attn: str = typer.Option("sdpa", help="decode attention: sdpa (enable_gqa) or bmm (grouped matmuls)"),
+               soft: bool = typer.Option(False, help="soft-skip variants: every MLP sparse at each --level, "
+                                         "MLP microbenchmarks, eager and compiled (try --batch 1 4 8 32)"),
+               level: list[float] = typer.Option([0.0, 0.25, 0.4, 0.5], help="--soft: sparsity of x and h (repeatable)"),
+               evidence_dir: Path = typer.Option(None, help="--soft: write decode-soft-<card>.json here"),
                ) -> None:
         decode_command(shape, backend, batch, kv_len, band, fraction, repeats, cycles, device, graphs, seed, out,
-                       compile, attn)
+                       compile, attn, soft, level, evidence_dir)
 
     decode.__doc__ = decode_command.__doc__
     bench_app.command("decode")(decode)

@@ -250,3 +250,19 @@ def test_gpu_cuda_graph_changing_masks(n):
         assert (y[~keep] == 0).all()
         if keep.any():
             assert rel_err(y, dense_reference(x, keep, wgu, wd)) < BF16_TOL
+
+
+def test_decode_soft_bench_cpu_smoke():
+    """--soft on the tiny shape: thresholds calibrated per row give the asked sparsity; union grows with batch."""
+    from sedac.bench.decode import DecodeBenchConfig, format_soft_table, run_soft_bench
+
+    cfg = DecodeBenchConfig(shape="tiny", device="cpu", batches=[1, 4], kv_len=16, repeats=1, cycles=1, soft=True,
+                            levels=[0.0, 0.5])
+    res = run_soft_bench(cfg, progress=lambda s: None)
+    rows = {(r["batch"], r["level"]): r for r in res["soft_steps"] if r["level"] is not None}
+    assert rows[(1, 0.0)]["weight_fraction"] == 1.0 and rows[(1, 0.0)]["ideal_speedup"] == 1.0
+    assert abs(rows[(1, 0.5)]["weight_fraction"] - 0.5) < 0.03  # one row: its own mask
+    assert rows[(4, 0.5)]["weight_fraction"] > rows[(1, 0.5)]["weight_fraction"]  # union of 4 masks
+    assert rows[(1, 0.5)]["ideal_speedup"] > 1.0
+    assert res["check"]["soft_dense_vs_baseline"] < 1e-6
+    assert "| eager | 4 |" in format_soft_table(res)

@@ -1,9 +1,13 @@
 """CUDA implementations of sedac's ``torch.library`` ops (Triton kernels).
 
-:func:`register` installs :func:`sedac.runtime.kernels.mlp_triton.skip_mlp_triton` as the CUDA kernel
-of ``sedac::skip_mlp`` (defined, with its CPU/PyTorch implementation, in
-:mod:`sedac.runtime.mlp_ops`). It is idempotent and imported lazily (triton is imported only when a
-CUDA tensor reaches the op), so CPU-only installs never need a GPU build of triton.
+:func:`register` (the one entry point; idempotent; call it once, outside any traced forward) installs
+
+* :func:`sedac.runtime.kernels.mlp_triton.skip_mlp_triton` as the CUDA kernel of ``sedac::skip_mlp``
+  (defined, with its CPU/PyTorch implementation, in :mod:`sedac.runtime.mlp_ops`), and
+* :func:`sedac.runtime.kernels.sparse_triton.sparse_mlp_triton` as the CUDA kernel of
+  ``sedac::sparse_mlp`` (soft skip; defined in :mod:`sedac.runtime.sparse_ops`).
+
+Triton is imported only by :func:`register`, so CPU-only installs never need a GPU build of triton.
 
 CUDA dispatch rule (the one visible place for kernel choice):
 
@@ -12,6 +16,8 @@ CUDA dispatch rule (the one visible place for kernel choice):
 * larger ``N`` (prefill chunks): the dense cuBLAS MLP on every row, then ``where(keep, y, 0)`` -
   also sync-free and capturable; at those sizes skipping rows would need compaction and a grouped
   GEMM, which is not built (prefill is a small share of decode-time cost).
+* ``sedac::sparse_mlp`` follows the same rule: ``1 <= N <= 64`` the Triton soft-skip kernels, larger
+  ``N`` the masked PyTorch reference on cuBLAS (dense GEMMs over the masked inputs, sync-free).
 """
 
 from __future__ import annotations
@@ -34,14 +40,25 @@ def _skip_mlp_cuda(x, keep, w_gate_up, w_down):
     return torch.where(keep.unsqueeze(1), y, torch.zeros((), dtype=y.dtype, device=y.device))
 
 
+def _sparse_mlp_cuda(x, thr_x, thr_h, w1, w2):
+    from sedac.runtime.kernels.sparse_triton import MAX_ROWS, sparse_mlp_triton
+    from sedac.runtime.sparse_ops import sparse_mlp_reference
+
+    if 1 <= x.shape[0] <= MAX_ROWS and w1.is_contiguous() and w2.is_contiguous() and x.stride(1) == 1:
+        return sparse_mlp_triton(x, thr_x, thr_h, w1, w2)
+    return sparse_mlp_reference(x, thr_x, thr_h, w1, w2)
+
+
 def register() -> None:
-    """Register the CUDA kernel of ``sedac::skip_mlp`` (idempotent)."""
+    """Register the CUDA kernels of ``sedac::skip_mlp`` and ``sedac::sparse_mlp`` (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
     import torch
 
-    import sedac.runtime.mlp_ops  # noqa: F401  (defines the op)
+    import sedac.runtime.mlp_ops  # noqa: F401  (defines sedac::skip_mlp)
+    import sedac.runtime.sparse_ops  # noqa: F401  (defines sedac::sparse_mlp)
 
     torch.library.register_kernel("sedac::skip_mlp", "cuda", _skip_mlp_cuda)
+    torch.library.register_kernel("sedac::sparse_mlp", "cuda", _sparse_mlp_cuda)
     _REGISTERED = True

@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sedac.runtime.kernels.splitk import counters, finish_tile
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use the masked torch path
 
@@ -43,7 +45,8 @@ MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use 
 def _configs(space, interp):
     if INTERPRET:
         return [triton.Config(interp, num_warps=4)]
-    return [triton.Config(dict(zip(("BN", "BK"), c[:2])), num_warps=c[2], num_stages=c[3]) for c in space]
+    keys = ("BN", "BK", "S") if len(space[0]) == 5 else ("BN", "BK")
+    return [triton.Config(dict(zip(keys, c[:len(keys)])), num_warps=c[-2], num_stages=c[-1]) for c in space]
 
 
 # (BN, BK, warps, stages)
@@ -52,6 +55,14 @@ _GEMV_SPACE = [(8, 512, 4, 2), (16, 256, 4, 3), (16, 512, 8, 2), (8, 1024, 8, 2)
                (2, 1024, 4, 3), (8, 256, 4, 4)]
 _DOT_SPACE = [(32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (64, 128, 8, 4), (128, 64, 8, 4), (128, 128, 8, 3),
               (16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 8, 4), (32, 256, 8, 3), (16, 128, 4, 6)]
+# down kernels (issue 12): split-K over I (S slices, in-kernel reduce) for more programs in flight - the
+# H100-chosen S = 1 configs (56-448 programs) left the H200's faster memory under-used (0.944 / 0.861 of cuBLAS)
+# (BN, BK, S, warps, stages)
+MAX_SPLITS = 8
+_DOWN_GEMV_SPACE = [(8, 512, 1, 4, 2), (4, 512, 1, 4, 3), (16, 256, 1, 4, 3), (8, 256, 2, 4, 3), (16, 256, 2, 4, 3),
+                    (32, 128, 4, 4, 3), (16, 512, 2, 8, 2), (32, 256, 4, 8, 3), (64, 128, 8, 4, 3)]
+_DOWN_DOT_SPACE = [(16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (16, 256, 2, 4, 3), (32, 128, 2, 4, 4), (32, 256, 4, 8, 3),
+                   (64, 128, 4, 4, 4), (64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 8, 3), (32, 128, 8, 4, 4)]
 
 
 @triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
@@ -81,29 +92,33 @@ def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.
         tl.store(h_ptr + rn, h.to(h_ptr.dtype.element_ty), mask=nmask)
 
 
-@triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
+@triton.autotune(configs=_configs(_DOWN_GEMV_SPACE, {"BN": 16, "BK": 32, "S": 2}), key=["H", "I"])
 @triton.jit
-def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, H, I, BN: tl.constexpr, BK: tl.constexpr):
-    """N == 1: out[0, n] = h . Wd[n] (0 when the row is skipped; weights then unread)."""
-    pid = tl.program_id(0)
+def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, H, I,
+               BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr):
+    """N == 1: out[0, n] = h . Wd[n] (0 when the row is skipped; weights then unread); split-K over I
+    in S slices, finished by :func:`sedac.runtime.kernels.splitk.finish_tile` (in-kernel reduce)."""
+    pid, pid_s = tl.program_id(0), tl.program_id(1)
     kept = tl.load(keep_ptr) != 0
     rn = pid * BN + tl.arange(0, BN)
     nmask = rn < H
     acc = tl.zeros([BN], dtype=tl.float32)
     if kept:
+        ks = tl.cdiv(tl.cdiv(I, S), BK) * BK
+        k_end = tl.minimum(pid_s * ks + ks, I)
         rk = tl.arange(0, BK)
         acc2 = tl.zeros([BN, BK], dtype=tl.float32)
-        for k0 in range(0, I, BK):
+        for k0 in range(pid_s * ks, k_end, BK):
             kk = k0 + rk
-            kmask = kk < I
+            kmask = kk < k_end
             h = tl.load(h_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + rn[:, None] * I + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
             acc2 += w.to(tl.float32) * h[None, :]
         acc = tl.sum(acc2, axis=1)
-    tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=nmask)
+    finish_tile(acc[None, :], tl.arange(0, 1), rn, 1, H, out_ptr, H, part_ptr, cnt_ptr, pid, pid_s, S, True)
 
 
-@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["N", "H", "I"])
+@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["BM", "H", "I"])
 @triton.jit
 def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
@@ -132,12 +147,13 @@ def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
                  mask=(rm[:, None] < N) & nmask[None, :])
 
 
-@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["N", "H", "I"])
+@triton.autotune(configs=_configs(_DOWN_DOT_SPACE, {"BN": 16, "BK": 16, "S": 2}), key=["BM", "H", "I"])
 @triton.jit
-def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, N, H, I, stride_o,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """2 <= N <= BM: out[m, n] = h[m] . Wd[n] for kept rows; 0 for skipped rows and skipped steps."""
-    pid = tl.program_id(0)
+def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, stride_o,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr):
+    """2 <= N <= BM: out[m, n] = h[m] . Wd[n] for kept rows; 0 for skipped rows and skipped steps.
+    Split-K over I in S slices (see _down_gemv)."""
+    pid, pid_s = tl.program_id(0), tl.program_id(1)
     rm = tl.arange(0, BM)
     kv = tl.load(keep_ptr + rm, mask=rm < N, other=0) != 0
     count = tl.sum(kv.to(tl.int32), axis=0)
@@ -145,15 +161,16 @@ def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, N, H, I, stride_o,
     nmask = rn < H
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     if count > 0:
+        ks = tl.cdiv(tl.cdiv(I, S), BK) * BK
+        k_end = tl.minimum(pid_s * ks + ks, I)
         rk = tl.arange(0, BK)
-        for k0 in range(0, I, BK):
+        for k0 in range(pid_s * ks, k_end, BK):
             kk = k0 + rk
-            kmask = kk < I
+            kmask = kk < k_end
             h = tl.load(h_ptr + rm[:, None] * I + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
             w = tl.load(w_ptr + rn[None, :] * I + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc += tl.dot(h, w)
-    tl.store(out_ptr + rm[:, None] * stride_o + rn[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=(rm[:, None] < N) & nmask[None, :])
+    finish_tile(acc, rm, rn, N, H, out_ptr, stride_o, part_ptr, cnt_ptr, pid, pid_s, S, True)
 
 
 def skip_mlp_triton(x: torch.Tensor, keep: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
@@ -177,13 +194,16 @@ def skip_mlp_triton(x: torch.Tensor, keep: torch.Tensor, w_gate_up: torch.Tensor
         h = torch.empty((n, inter), device=x.device, dtype=x.dtype)
     if out is None:
         out = torch.empty((n, hid), device=x.device, dtype=x.dtype)
+    # split-K scratch of the down kernel: fp32 partials for the largest S of the space, zeroed counters
+    part = torch.empty((MAX_SPLITS, n, hid), device=x.device, dtype=torch.float32)
+    cnt = counters(x.device, triton.cdiv(hid, 4))
     if n == 1:
         _gate_up_gemv[lambda m: (triton.cdiv(inter, m["BN"]),)](x, keep_u8, w_gate_up, h, hid, inter)
-        _down_gemv[lambda m: (triton.cdiv(hid, m["BN"]),)](h, keep_u8, w_down, out, hid, inter)
+        _down_gemv[lambda m: (triton.cdiv(hid, m["BN"]), m["S"])](h, keep_u8, w_down, out, part, cnt, hid, inter)
     else:
         bm = max(16, triton.next_power_of_2(n))
         _gate_up_dot[lambda m: (triton.cdiv(inter, m["BN"]),)](
             x, keep_u8, w_gate_up, h, n, hid, inter, x.stride(0), BM=bm)
-        _down_dot[lambda m: (triton.cdiv(hid, m["BN"]),)](
-            h, keep_u8, w_down, out, n, hid, inter, out.stride(0), BM=bm)
+        _down_dot[lambda m: (triton.cdiv(hid, m["BN"]), m["S"])](
+            h, keep_u8, w_down, out, part, cnt, n, hid, inter, out.stride(0), BM=bm)
     return out
