@@ -50,7 +50,7 @@ class SedacSpec:
     policy: str = "token"  #: token | batch
     threshold: float | None = None  #: None = certified from the probe's calibration; else a score threshold
     soft_family: str = "probe"  #: mode soft: "probe" (probe-controlled level) or "uniform" (same level per token)
-    soft_level: float | None = None  #: mode soft: None = certified parameters; else an UNcertified uniform level in [0, 1]
+    soft_level: float | None = None  #: mode soft: None = certified; else an UNcertified uniform level in [0, 1]
 
     def __post_init__(self) -> None:
         if self.mode not in SEDAC_MODES:
