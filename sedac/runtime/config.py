@@ -24,19 +24,34 @@ class SedacVllmConfig:
     """The ``sedac`` block of vLLM's ``additional_config``."""
 
     probe: str  #: path of the probe (.safetensors) — required
-    mode: str = "static"  #: "static", "dynamic" (certified parameters only), "never", "always"
+    mode: str = "static"  #: "static", "dynamic" (certified parameters only), "never", "always", "soft"
     policy: str = "token"  #: "token" (per-token gather/scatter) or "batch" (whole step or nothing)
     threshold: float | None = None  #: score threshold for every band; None = certified (probe calibration)
     impl: str = "auto"  #: MLP implementation: "module", "op" (torch.ops.sedac.skip_mlp) or "auto"
     stats_file: str | None = None  #: worker writes per-band counters here (atomic JSON) ...
     stats_interval_s: float = 2.0  #: ... at most this often (seconds)
     record: bool = False  #: keep every step's decisions in memory (eager mode; tests/debugging)
+    soft_family: str = "probe"  #: mode "soft": certified family "probe" (probe-controlled level) or "uniform"
+    soft_level: float | None = None  #: mode "soft": explicit uniform level (uncertified; 0 = never fires)
 
     def __post_init__(self) -> None:
         if not self.probe:
             raise ConfigError("sedac config: `probe` (path of the probe file) is required")
-        if self.mode not in MODES:
-            raise ConfigError(f"sedac config: `mode` must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in MODES + ("soft",):
+            raise ConfigError(f"sedac config: `mode` must be one of {MODES + ('soft',)}, got {self.mode!r}")
+        if self.soft_family not in ("probe", "uniform"):
+            raise ConfigError(f"sedac config: `soft_family` must be \"probe\" or \"uniform\", got {self.soft_family!r}")
+        if self.soft_level is not None:
+            if self.mode != "soft":
+                raise ConfigError("sedac config: `soft_level` needs mode \"soft\"")
+            try:
+                self.soft_level = float(self.soft_level)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"sedac config: `soft_level` must be a number or null, got {self.soft_level!r}") from exc
+            if not 0.0 <= self.soft_level <= 1.0:
+                raise ConfigError(f"sedac config: `soft_level` must be in [0, 1], got {self.soft_level}")
+        if self.mode == "soft" and self.threshold is not None:
+            raise ConfigError("sedac config: mode \"soft\" uses soft parameters; `threshold` must be null")
         if self.mode == "dynamic" and self.threshold is not None:
             raise ConfigError("sedac config: the dynamic policy uses its certified parameters; "
                               "`threshold` must be null (certified) with mode \"dynamic\"")

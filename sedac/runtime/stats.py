@@ -98,3 +98,7 @@ class SkipStatsCollector:
         yield skipped
         yield evaluated
         yield rate
+        yield GaugeMetricFamily("sedac_mlp_bytes_saved_fraction",
+                                "fraction of all MLP weight bytes not read (soft skip: zeroed inputs; whole-MLP "
+                                "skip: skipped evaluations), over every token x layer MLP evaluation so far",
+                                value=float(snap.get("mlp_bytes_saved_fraction", 0.0)))

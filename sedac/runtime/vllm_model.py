@@ -16,6 +16,7 @@ layers run attention as usual and their MLP through :func:`sedac.runtime.mlp_ops
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import threading
 import time
@@ -30,6 +31,9 @@ from sedac.runtime import policy as P
 from sedac.runtime import stats as S
 from sedac.runtime.config import SedacVllmConfig, load_config
 from sedac.runtime.mlp_ops import run_mlp
+from sedac.runtime.soft import SoftParams, bytes_saved_fraction, soft_from_probe, soft_mlp
+from sedac.runtime.soft import levels as soft_levels
+from sedac.runtime.soft import thresholds as soft_thresholds
 
 # decoder-layer forwards whose body _layer_forward reproduces (checked at start-up)
 _KNOWN_LAYER_FORWARDS = {"LlamaDecoderLayer.forward", "Qwen2DecoderLayer.forward",
@@ -46,7 +50,12 @@ class SedacRuntime:
         hf_config = vllm_config.model_config.hf_config
         probe = load_probe(cfg.probe, fingerprint_from_config(hf_config))
         self.cfg, self.probe = cfg, probe
-        self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold)
+        self.soft: SoftParams | None = None  #: soft skip parameters (mode "soft"; whole-MLP skip is then off)
+        if cfg.mode == "soft":
+            self.soft, soft_table = soft_from_probe(probe, cfg.soft_family, cfg.soft_level)
+            self.skip_config = P.SkipConfig(mode="never", thresholds=[0.0] * len(probe.bands))
+        else:
+            self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold)
         par = vllm_config.parallel_config
         if par.pipeline_parallel_size > 1:
             raise ConfigError("sedac: pipeline parallelism is not supported (tensor parallelism is)")
@@ -82,12 +91,16 @@ class SedacRuntime:
                                             [x.prior_tokens for x in d]], dtype=torch.float32, device=dev)
             self.dyn_state = register_state(vllm_config.cache_config.block_size, vllm_config.cache_config)
         self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
+        self.soft_counts = torch.zeros(2, dtype=torch.float64, device=dev)  #: [bytes-saved fraction sum, rows]
+        self.num_layers = len(model.model.layers)
+        if self.soft is not None:
+            self.soft_table = soft_table.to(dev)
         self.steps = 0
         self.decisions: list[torch.Tensor] = []
         self._flusher: threading.Thread | None = None
         self.op_mlps: dict[int, Any] = {}  #: layer -> weights for impl "op" (see capture_weights)
         self._bound = False
-        for i in self.layer_band:
+        for i in (range(len(model.model.layers)) if self.soft is not None else self.layer_band):
             self._check_layer(model.model.layers[i], impl)
 
     @staticmethod
@@ -138,6 +151,25 @@ class SedacRuntime:
         torch.ops.sedac.accumulate_skips(self.counts, skip)
         return skip
 
+    def soft_levels(self, h: torch.Tensor | None, n: int, device) -> torch.Tensor:
+        """Per-token soft level ``[N]``: the probe-controlled level from the stream ``h`` entering the
+        probe layer, or the base level ``lam`` (``h`` None: layers before the probe, or family uniform)."""
+        raw = None
+        if h is not None and self.soft.family == "probe":
+            raw = (h @ self.W[:1].T).to(torch.float32)[:, 0] + self.b[0]  # = Probe.raw_scores(h)[:, 0]
+        return soft_levels(raw, self.soft, n, device)
+
+    def soft_mlp(self, mlp, layer_idx: int, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The layer's MLP with soft skip (masked math on vLLM's own modules; no host sync)."""
+        thr_x, thr_h = soft_thresholds(self.soft_table, layer_idx, level, self.soft.a_x, self.soft.a_h)
+        y, zx, zh = soft_mlp(lambda xm: (mlp.gate_up_proj(xm)[0], None),
+                             lambda gu, _, mask_h: mlp.down_proj(mask_h(mlp.act_fn(gu)))[0], x, thr_x, thr_h)
+        frac = bytes_saved_fraction(zx, zh, x.shape[-1], mlp.down_proj.input_size_per_partition)
+        self.soft_counts += torch.stack([frac.sum().double(), frac.new_tensor(frac.shape[0]).double()])
+        if self.cfg.record and not torch.compiler.is_compiling():
+            self._soft_rows = frac if layer_idx == 0 else self._soft_rows + frac
+        return y
+
     def record(self, input_ids, positions, skip) -> None:
         """Keep this step's token ids, positions and decisions (``record: true``; eager only)."""
         if self.cfg.record and not torch.compiler.is_compiling() and input_ids is not None:
@@ -148,7 +180,11 @@ class SedacRuntime:
     def after_step(self) -> None:
         if _is_dummy_step():
             self.counts.zero_()  # profiling / warm-up runs (no attention metadata) are not traffic
+            self.soft_counts.zero_()
             return
+        if self.soft is not None and self.cfg.record and self.decisions:
+            ids, pos, lv = self.decisions[-1]
+            self.decisions[-1] = (ids, pos, lv, (self._soft_rows / self.num_layers).detach().cpu().clone())
         self.steps += 1
         if self.cfg.stats_file and self._flusher is None:
             # a daemon thread snapshots the counters every stats_interval_s: no host sync on the step path
@@ -167,6 +203,12 @@ class SedacRuntime:
         snap = S.snapshot(self.counts.tolist(), self.probe.band_names, self.widths, self.steps)
         snap["config"] = self.cfg.to_dict()
         snap["impl"] = self.impl
+        if self.soft is not None:
+            saved, rows = self.soft_counts.tolist()
+            snap["soft"] = {"params": self.soft.to_dict(), "rows": int(rows)}
+            snap["mlp_bytes_saved_fraction"] = saved / rows if rows else 0.0
+        else:  # whole-MLP skip: a skipped evaluation saves all its bytes; share of all (token, layer) MLPs
+            snap["mlp_bytes_saved_fraction"] = snap["all"]["rate"] * sum(self.widths) / self.num_layers
         return snap
 
     def flush(self) -> None:
@@ -174,6 +216,7 @@ class SedacRuntime:
 
     def reset(self) -> None:
         self.counts.zero_()
+        self.soft_counts.zero_()
         self.decisions.clear()
         self.steps = 0
 
@@ -202,6 +245,8 @@ def _layer_forward(layer, mlp, positions, hidden_states, residual, keep, impl):
         hidden_states, residual = layer.input_layernorm(hidden_states, residual)
     hidden_states = layer.self_attn(positions=positions, hidden_states=hidden_states)  # always computed
     hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+    if impl == "soft":  # keep = per-token soft level; mlp = the runtime's soft MLP for this layer
+        return mlp(hidden_states, keep), residual
     hidden_states = run_mlp(mlp, hidden_states, keep, impl=impl)
     return hidden_states, residual
 
@@ -216,7 +261,20 @@ def _sedac_forward(self, input_ids, positions, intermediate_tensors=None, inputs
     has_aux = hasattr(self, "_maybe_add_hidden_state")
     if has_aux:
         self._maybe_add_hidden_state(aux, self.start_layer, hidden_states, residual)
+    soft = rt.soft is not None
+    level = rt.soft_levels(None, hidden_states.shape[0], hidden_states.device) if soft else None
     for idx, layer in enumerate(islice(self.layers, self.start_layer, self.end_layer), start=self.start_layer):
+        if soft:
+            if idx == rt.probe_layer and rt.soft.family == "probe":
+                level = rt.soft_levels(hidden_states if residual is None else hidden_states + residual,
+                                       hidden_states.shape[0], hidden_states.device)
+                if rt.cfg.record:
+                    rt.record(input_ids, positions, level.unsqueeze(-1))
+            hidden_states, residual = _layer_forward(layer, functools.partial(rt.soft_mlp, layer.mlp, idx),
+                                                     positions, hidden_states, residual, level, "soft")
+            if has_aux:
+                self._maybe_add_hidden_state(aux, idx + 1, hidden_states, residual)
+            continue
         if idx == rt.probe_layer:
             h = hidden_states if residual is None else hidden_states + residual  # stream entering layer idx
             skip = rt.decide(h, positions)

@@ -100,8 +100,13 @@ class SedacWorkerExtension:
 
     def sedac_decisions(self) -> list[dict[str, list]]:
         """Recorded steps ``{"ids": [N], "positions": [N], "skip": [N, B]}`` (needs ``record: true``)."""
-        return [{"ids": i.tolist(), "positions": p.tolist(), "skip": s.tolist()}
-                for i, p, s in self._sedac_rt().decisions]
+        out = []
+        for d in self._sedac_rt().decisions:  # soft mode: skip = [[level]] per token, plus saved (mean over layers)
+            row = {"ids": d[0].tolist(), "positions": d[1].tolist(), "skip": d[2].tolist()}
+            if len(d) > 3:
+                row["saved"] = d[3].tolist()
+            out.append(row)
+        return out
 
     def sedac_count_mlp_rows(self, start: bool = True) -> dict[int, int] | None:
         """Debug aid: count the rows reaching each layer's MLP ``gate_up_proj`` (start, then stop=False)."""
