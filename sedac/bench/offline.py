@@ -99,16 +99,28 @@ def _skip_delta(first: dict | None, last: dict | None) -> dict[str, Any] | None:
     return out
 
 
-def _soft_stats(last: dict | None) -> dict[str, Any]:
-    """Soft-skip figures of the engine's last ``engine_stats`` snapshot.
+def _soft_stats(first: dict | None, last: dict | None) -> dict[str, Any]:
+    """Soft-skip figures between two ``engine_stats`` snapshots (warm-up end, last measured round).
 
-    ``mlp_bytes_saved_fraction`` (fraction of all MLP weight bytes not read, every layer) is the
-    plugin's running figure since engine start: warm-up rounds included (they run the same prompts).
-    ``None`` when the engine does not report it.
+    The plugin reports ``mlp_bytes_saved_fraction`` (fraction of all MLP weight bytes not read, every
+    layer) as a running figure since engine start over ``soft.rows`` evaluated rows. When both
+    snapshots carry the row count, the fraction over the measured rounds alone is
+    ``(f_last * rows_last - f_first * rows_first) / (rows_last - rows_first)``; otherwise the running
+    figure is reported (``window`` says which). ``None`` when the engine does not report it.
     """
-    f = (last or {}).get("mlp_bytes_saved_fraction")
-    return {"mlp_bytes_saved_fraction": float(f) if f is not None else None,
-            "window": "since engine start (warm-up included)", "stats": last}
+    def parts(snap):
+        snap = snap or {}
+        f, rows = snap.get("mlp_bytes_saved_fraction"), (snap.get("soft") or {}).get("rows")
+        return (float(f) if f is not None else None), (int(rows) if rows is not None else None)
+
+    f0, r0 = parts(first)
+    f1, r1 = parts(last)
+    if f1 is not None and None not in (f0, r0, r1) and r1 > r0:
+        frac, window = (f1 * r1 - f0 * r0) / (r1 - r0), "measured rounds"
+    else:
+        frac, window = f1, "since engine start"
+    return {"mlp_bytes_saved_fraction": frac, "window": window, "rows": (r1 - r0) if window == "measured rounds"
+            else r1, "stats": last}
 
 
 def run_offline(cfg: OfflineBenchConfig) -> dict[str, Any]:
@@ -216,7 +228,8 @@ def _measure(cfg, runnable, procs, prompts) -> dict[str, Any]:
             "speculative": v.speculative.vllm_config() if v.speculative else None,
             "skip": _skip_delta(first_stats.get(v.name), rs[-1]["sedac_stats"])
             if v.sedac and v.sedac.mode != "soft" else None,
-            "soft": _soft_stats(rs[-1]["sedac_stats"]) if v.sedac and v.sedac.mode == "soft" else None,
+            "soft": _soft_stats(first_stats.get(v.name), rs[-1]["sedac_stats"])
+            if v.sedac and v.sedac.mode == "soft" else None,
         }
         if v.speculative:
             entry["spec_decode"] = M.spec_decode(spec_tot["drafts"], spec_tot["draft_tokens"],

