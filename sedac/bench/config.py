@@ -21,7 +21,8 @@ from typing import Any
 
 from sedac.errors import ConfigError
 
-SEDAC_MODES = ("static", "dynamic", "never", "always")
+SEDAC_MODES = ("static", "dynamic", "never", "always", "soft")
+SOFT_FAMILIES = ("uniform", "probe")
 SPEC_METHODS = ("ngram", "suffix")
 
 
@@ -48,6 +49,8 @@ class SedacSpec:
     mode: str = "static"  #: static | dynamic | never | always
     policy: str = "token"  #: token | batch
     threshold: float | None = None  #: None = certified from the probe's calibration; else a score threshold
+    soft_family: str = "probe"  #: mode soft: "probe" (probe-controlled level) or "uniform" (same level per token)
+    soft_level: float | None = None  #: mode soft: None = certified; else an UNcertified uniform level in [0, 1]
 
     def __post_init__(self) -> None:
         if self.mode not in SEDAC_MODES:
@@ -56,6 +59,23 @@ class SedacSpec:
             raise ConfigError(f"sedac.policy must be token or batch, got {self.policy!r}")
         if self.threshold is not None and self.mode != "static":
             raise ConfigError("sedac.threshold (an explicit score threshold) implies sedac.mode: static")
+        if self.soft_family not in SOFT_FAMILIES:
+            raise ConfigError(f"sedac.soft_family must be one of {SOFT_FAMILIES}, got {self.soft_family!r}")
+        if self.soft_level is not None:
+            if self.mode != "soft":
+                raise ConfigError("sedac.soft_level (an explicit soft level) implies sedac.mode: soft")
+            if not 0.0 <= self.soft_level <= 1.0:
+                raise ConfigError(f"sedac.soft_level must lie in [0, 1], got {self.soft_level}")
+        if self.mode == "soft" and self.policy != "token":
+            raise ConfigError("sedac.policy: soft skip decides per token (policy: token)")
+
+    def vllm_config(self, probe: str) -> dict[str, Any]:
+        """The plugin's ``additional_config["sedac"]`` block (soft keys only for mode soft)."""
+        out: dict[str, Any] = {"probe": probe, "mode": self.mode, "policy": self.policy,
+                               "threshold": self.threshold, "impl": "module"}
+        if self.mode == "soft":
+            out.update(soft_family=self.soft_family, soft_level=self.soft_level)
+        return out
 
 
 @dataclass

@@ -119,6 +119,34 @@ def mlp_savings(rate_band: float, band_layers: int, num_layers: int, hidden: int
     return out
 
 
+def whole_mlp_bytes_saved(rate_band: float, band_layers: int, num_layers: int) -> float:
+    """Whole-MLP skip: fraction of all MLP weight bytes not read per token (batch 1) =
+    skip rate over the band layers x band layers / all layers."""
+    if num_layers <= 0 or not 0 <= band_layers <= num_layers:
+        raise ValueError("need 0 <= band_layers <= num_layers and num_layers > 0")
+    return rate_band * band_layers / num_layers
+
+
+def soft_mlp_savings(bytes_fraction: float, num_layers: int, hidden: int, intermediate: int,
+                     dtype_bytes: int) -> dict[str, float]:
+    """Soft skip: MLP work saved per token from the fraction of all MLP weight bytes not read.
+
+    A zeroed input entry removes one weight column from its matrix's product for that token, so the
+    FLOPs saved are the same fraction as the bytes: ``flops_saved_per_token`` = f * L * 2*3*H*I and
+    ``bytes_saved_per_token_b1`` = f * L * 3*H*I*dtype (batch 1: a sparse GEMV skips the columns; in a
+    batch the rows' masks union, so the bytes saved per step are smaller and not reported).
+    """
+    if not 0.0 <= bytes_fraction <= 1.0:
+        raise ValueError(f"bytes_fraction must lie in [0, 1], got {bytes_fraction}")
+    c = mlp_cost(hidden, intermediate, dtype_bytes)
+    return {"mlp_flops_per_token": float(num_layers * c["flops"]),
+            "flops_saved_per_token": bytes_fraction * num_layers * c["flops"],
+            "flops_saved_fraction_of_mlp": bytes_fraction,
+            "bytes_saved_per_token_b1": bytes_fraction * num_layers * c["bytes"],
+            "bytes_saved_fraction_of_mlp_b1": bytes_fraction,
+            "mlp_bytes_per_step": float(num_layers * c["bytes"])}
+
+
 def spec_decode(num_drafts: int, num_draft_tokens: int, num_accepted: int, k: int) -> dict[str, float]:
     """Speculative-decoding metrics from vLLM's counters (deltas over the measured window).
 

@@ -35,32 +35,46 @@ def unavailable_reason(v: Variant, probe_path: str | None = None) -> str | None:
         if importlib.util.find_spec("arctic_inference") is None:
             return "suffix decoding needs arctic-inference (`pip install sedac[suffix]`), not installed"
     if v.sedac is not None:
+        if probe_path is not None:  # e.g. a certified variant with an uncalibrated probe: say so, start no engine
+            reason = _probe_reason(v, probe_path)
+            if reason:
+                return reason
         if importlib.util.find_spec("sedac.runtime.vllm_plugin") is None:
             return "the sedac vLLM plugin (sedac.runtime.vllm_plugin) is not available"
         from sedac.runtime.config import SedacVllmConfig
 
         try:
-            SedacVllmConfig.from_dict({"probe": "x", "mode": v.sedac.mode, "policy": v.sedac.policy,
-                                       "threshold": v.sedac.threshold, "impl": "module"})
+            SedacVllmConfig.from_dict(v.sedac.vllm_config("x"))
         except SedacError as exc:
             return f"the vLLM plugin refuses this setting ({exc}); teacher-forced quality still reported"
-        if probe_path is not None:  # e.g. a certified variant with an uncalibrated probe: say so, start no engine
-            from sedac.probes import load_probe
+    return None
+
+
+def _probe_reason(v: Variant, probe_path: str) -> str | None:
+    """Why the probe cannot serve this variant's sedac setting (None if it can)."""
+    from sedac.probes import load_probe
+
+    s = v.sedac
+    try:
+        probe = load_probe(probe_path)
+        if s.mode == "soft":
+            from sedac.runtime.soft import soft_from_probe
+
+            soft_from_probe(probe, s.soft_family, s.soft_level)
+        else:
             from sedac.runtime.policy import thresholds_from_probe
 
-            try:
-                thresholds_from_probe(load_probe(probe_path), mode=v.sedac.mode, policy=v.sedac.policy,
-                                      override=v.sedac.threshold)
-            except SedacError as exc:
-                return f"{v.sedac.mode} thresholds unavailable: {exc}"
+            thresholds_from_probe(probe, mode=s.mode, policy=s.policy, override=s.threshold)
+    except SedacError as exc:
+        what = f"soft-{s.soft_family} parameters" if s.mode == "soft" else f"{s.mode} thresholds"
+        return f"{what} unavailable: {exc}"
     return None
 
 
 def engine_spec(cfg: OfflineBenchConfig, v: Variant, model_path: str) -> dict[str, Any]:
     sedac = None
     if v.sedac is not None:
-        sedac = {"probe": str(cfg.probe_for(v)), "mode": v.sedac.mode, "policy": v.sedac.policy,
-                 "threshold": v.sedac.threshold, "impl": "module"}
+        sedac = v.sedac.vllm_config(str(cfg.probe_for(v)))
     return {
         "model": model_path, "baseline": v.name == cfg.baseline, "kv_cache_gib": cfg.kv_cache_gib,
         "sedac": sedac, "speculative": v.speculative.vllm_config() if v.speculative else None,
@@ -83,6 +97,30 @@ def _skip_delta(first: dict | None, last: dict | None) -> dict[str, Any] | None:
         s_all, e_all = s_all + s, e_all + e
     out["all_band_layers"] = {"skipped": s_all, "evaluated": e_all, "rate": M.skip_rate(s_all, e_all)}
     return out
+
+
+def _soft_stats(first: dict | None, last: dict | None) -> dict[str, Any]:
+    """Soft-skip figures between two ``engine_stats`` snapshots (warm-up end, last measured round).
+
+    The plugin reports ``mlp_bytes_saved_fraction`` (fraction of all MLP weight bytes not read, every
+    layer) as a running figure since engine start over ``soft.rows`` evaluated rows. When both
+    snapshots carry the row count, the fraction over the measured rounds alone is
+    ``(f_last * rows_last - f_first * rows_first) / (rows_last - rows_first)``; otherwise the running
+    figure is reported (``window`` says which). ``None`` when the engine does not report it.
+    """
+    def parts(snap):
+        snap = snap or {}
+        f, rows = snap.get("mlp_bytes_saved_fraction"), (snap.get("soft") or {}).get("rows")
+        return (float(f) if f is not None else None), (int(rows) if rows is not None else None)
+
+    f0, r0 = parts(first)
+    f1, r1 = parts(last)
+    if f1 is not None and None not in (f0, r0, r1) and r1 > r0:
+        frac, window = (f1 * r1 - f0 * r0) / (r1 - r0), "measured rounds"
+    else:
+        frac, window = f1, "since engine start"
+    return {"mlp_bytes_saved_fraction": frac, "window": window, "rows": (r1 - r0) if window == "measured rounds"
+            else r1, "stats": last}
 
 
 def run_offline(cfg: OfflineBenchConfig) -> dict[str, Any]:
@@ -186,10 +224,12 @@ def _measure(cfg, runnable, procs, prompts) -> dict[str, Any]:
             "tokens_per_round": sum(rs[-1]["tokens"]),
             "greedy_vs_baseline": M.greedy_agreement(rs[-1]["token_ids"], base[-1]["token_ids"]),
             "token_ids": rs[-1]["token_ids"],
-            "sedac": {"probe": cfg.probe_for(v), "mode": v.sedac.mode, "policy": v.sedac.policy,
-                      "threshold": v.sedac.threshold} if v.sedac else None,
+            "sedac": v.sedac.vllm_config(str(cfg.probe_for(v))) if v.sedac else None,
             "speculative": v.speculative.vllm_config() if v.speculative else None,
-            "skip": _skip_delta(first_stats.get(v.name), rs[-1]["sedac_stats"]) if v.sedac else None,
+            "skip": _skip_delta(first_stats.get(v.name), rs[-1]["sedac_stats"])
+            if v.sedac and v.sedac.mode != "soft" else None,
+            "soft": _soft_stats(first_stats.get(v.name), rs[-1]["sedac_stats"])
+            if v.sedac and v.sedac.mode == "soft" else None,
         }
         if v.speculative:
             entry["spec_decode"] = M.spec_decode(spec_tot["drafts"], spec_tot["draft_tokens"],
@@ -199,18 +239,35 @@ def _measure(cfg, runnable, procs, prompts) -> dict[str, Any]:
 
 
 def _derive(cfg: OfflineBenchConfig, results: dict[str, Any], hf_cfg) -> None:
-    """MLP savings from skip rates and the model config."""
+    """MLP savings (FLOPs, weight bytes) from skip rates / soft counters and the model config.
+
+    ``mlp_bytes_saved`` of each variant is the fraction of all MLP weight bytes not read per token as
+    the vLLM engine reports it: whole-MLP skip = skip rate over the band layers x band layers / all
+    layers; soft skip = the plugin's ``mlp_bytes_saved_fraction``; sedac off = 0.
+    """
     import torch
 
     h, i, n = hf_cfg.hidden_size, hf_cfg.intermediate_size, hf_cfg.num_hidden_layers
     dbytes = torch.empty(0, dtype=getattr(torch, cfg.dtype)).element_size()
     results["mlp_cost_per_token_per_layer"] = M.mlp_cost(h, i, dbytes)
     for name, e in results["variants"].items():
+        if e.get("sedac") is None:
+            e["mlp_bytes_saved"] = 0.0
+            continue
+        soft = e.get("soft")
+        if soft is not None:
+            f = soft.get("mlp_bytes_saved_fraction")
+            e["mlp_bytes_saved"] = f
+            if f is not None:
+                e["mlp_savings"] = M.soft_mlp_savings(f, n, h, i, dbytes)
+            continue
         skip = e.get("skip")
         if not skip or "bands" not in skip:
+            e["mlp_bytes_saved"] = None
             continue
         band_layers = sum(int(b.split("-")[1]) - int(b.split("-")[0]) + 1 for b in skip["bands"])
         rate = skip["all_band_layers"]["rate"]
-        skip["all_layers_rate"] = rate * band_layers / n
+        skip["all_layers_rate"] = M.whole_mlp_bytes_saved(rate, band_layers, n)
+        e["mlp_bytes_saved"] = skip["all_layers_rate"]
         e["mlp_savings"] = M.mlp_savings(rate, band_layers, n, h, i, dbytes,
                                          step_skip_rate=rate if e["sedac"]["policy"] == "batch" else None)

@@ -1,13 +1,18 @@
 """Teacher-forced quality of each sedac setting vs the full model, through the HF runtime.
 
-For every distinct sedac setting of the matrix (probe, mode, policy, threshold) the model runs
-teacher-forced over ``quality.n_sequences`` corpus chunks of ``quality.seq_len`` tokens with sedac
-installed (:func:`sedac.runtime.hf.install`), and once without (the baseline, which asserts that
-no skipper is installed). Per setting: perplexity (exp of the mean next-token NLL over all predicted
-positions), its ratio to the baseline's, top-1 agreement with the baseline's argmax at every
-position, and the per-layer skip rate (token x layer MLP evaluations skipped). Sequences are
-processed in batches of equal length (no padding), each from position 0, so dynamic thresholds
-restart per sequence exactly as in serving.
+For every distinct sedac setting of the matrix (probe, mode, policy, threshold; for soft skip:
+family, level) the model runs teacher-forced over ``quality.n_sequences`` corpus chunks of
+``quality.seq_len`` tokens with sedac installed (whole-MLP skip: :func:`sedac.runtime.hf.install`;
+soft skip: :func:`sedac.runtime.hf_soft.install_soft` with the probe's soft parameters and table), and
+once without (the baseline, which asserts that no skipper is installed). Per setting: perplexity
+(exp of the mean next-token NLL over all predicted positions), its ratio to the baseline's, top-1
+agreement with the baseline's argmax at every position, and **MLP weight bytes saved**: the
+fraction of all MLP weight bytes (every layer, every token of the chunks) a per-token kernel need
+not read. Whole-MLP skip: skipped token x layer MLP evaluations / all of them (= band skip rate x
+band layers / all layers); soft skip: the soft runtime's own counter
+(:meth:`sedac.runtime.hf_soft.HFSoftSkipper.bytes_saved`). Whole-MLP settings also report per-layer
+skip rates, soft settings per-layer bytes saved. Sequences are processed in batches of equal length
+(no padding), each from position 0, so dynamic thresholds restart per sequence exactly as in serving.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from sedac.errors import SedacError
 
 def setting_key(cfg: OfflineBenchConfig, v) -> str:
     s = v.sedac
+    if s.mode == "soft":
+        lvl = "certified" if s.soft_level is None else f"level {s.soft_level:g}"
+        return f"{cfg.probe_for(v)}|soft|{s.soft_family}|{lvl}"
     thr = "certified" if s.threshold is None else f"{s.threshold:g}"
     return f"{cfg.probe_for(v)}|{s.mode}|{s.policy}|{thr}"
 
@@ -60,8 +68,6 @@ def teacher_forced_quality(cfg: OfflineBenchConfig, model_path: str) -> dict[str
     from sedac.models.loading import load_hf
     from sedac.probes import load_probe
     from sedac.adapter import adapt
-    from sedac.runtime.hf import install
-    from sedac.runtime.policy import thresholds_from_probe
 
     model, tok = load_hf(model_path, dtype=cfg.dtype, device="cpu")
     q = cfg.quality
@@ -81,27 +87,50 @@ def teacher_forced_quality(cfg: OfflineBenchConfig, model_path: str) -> dict[str
         out["baseline"] = {"ppl": base["ppl"], "n_tokens": base["n_tokens"]}
         for key, names in settings.items():
             v = variants[names[0]]
-            probe = load_probe(cfg.probe_for(v))
             try:
-                skip_cfg = thresholds_from_probe(probe, v.sedac.mode, v.sedac.policy, v.sedac.threshold)
+                res = _setting_quality(model, load_probe(cfg.probe_for(v)), v.sedac, chunks, base)
             except SedacError as exc:  # e.g. an uncalibrated probe for a certified setting
-                out["settings"][key] = {"error": str(exc)}
-                for n in names:
-                    out["variants"][n] = out["settings"][key]
-                bar.advance(task)
-                continue
-            sk = install(model, probe, skip_cfg)
-            try:
-                r = evaluate(model, chunks, baseline_top1=base["top1"])
-                per_layer = [M.skip_rate(int(s), int(e)) for s, e in zip(sk.skipped, sk.evaluated)]
-                rates = sk.skip_rate()
-            finally:
-                sk.remove()
-            res = {"ppl": r["ppl"], "ppl_ratio": r["ppl"] / base["ppl"], "top1_agreement": r["top1_agreement"],
-                   "skip_rate_band_layers": rates.get("all", 0.0), "skip_rate_bands": rates,
-                   "skip_rate_all_layers": sum(per_layer) / len(per_layer), "per_layer_skip_rate": per_layer}
+                res = {"error": str(exc)}
             out["settings"][key] = res
             for n in names:
                 out["variants"][n] = res
             bar.advance(task)
     return out
+
+
+def _setting_quality(model, probe, spec, chunks, base) -> dict[str, Any]:
+    """Quality and MLP bytes saved of one sedac setting (``spec``: a :class:`SedacSpec`) vs ``base``."""
+    if spec.mode == "soft":
+        return soft_quality(model, probe, spec.soft_family, spec.soft_level, chunks, base)
+    from sedac.runtime.hf import install
+    from sedac.runtime.policy import thresholds_from_probe
+
+    skip_cfg = thresholds_from_probe(probe, spec.mode, spec.policy, spec.threshold)
+    sk = install(model, probe, skip_cfg)
+    try:
+        r = evaluate(model, chunks, baseline_top1=base["top1"])
+        per_layer = [M.skip_rate(int(s), int(e)) for s, e in zip(sk.skipped, sk.evaluated)]
+        rates = sk.skip_rate()
+    finally:
+        sk.remove()
+    all_layers = sum(per_layer) / len(per_layer)
+    return {"ppl": r["ppl"], "ppl_ratio": r["ppl"] / base["ppl"], "top1_agreement": r["top1_agreement"],
+            "skip_rate_band_layers": rates.get("all", 0.0), "skip_rate_bands": rates,
+            "skip_rate_all_layers": all_layers, "per_layer_skip_rate": per_layer,
+            "mlp_bytes_saved": all_layers, "per_layer_bytes_saved": per_layer}
+
+
+def soft_quality(model, probe, family: str, level: float | None, chunks, base) -> dict[str, Any]:
+    """Teacher-forced quality of a soft setting: the probe's certified ``family`` parameters, or an
+    explicit uniform ``level`` (uncertified), served by :func:`sedac.runtime.hf_soft.install_soft`."""
+    from sedac.runtime.hf_soft import install_soft
+    from sedac.runtime.soft import soft_from_probe
+
+    params, table = soft_from_probe(probe, family, level)
+    with install_soft(model, params, table, probe=probe if params.family == "probe" else None) as sk:
+        r = evaluate(model, chunks, baseline_top1=base["top1"])
+        per_layer = [float(s) / int(e) if int(e) else 0.0 for s, e in zip(sk.saved, sk.evaluated)]
+        saved = sk.bytes_saved()
+    return {"ppl": r["ppl"], "ppl_ratio": r["ppl"] / base["ppl"], "top1_agreement": r["top1_agreement"],
+            "mlp_bytes_saved": saved, "per_layer_bytes_saved": per_layer, "soft": params.to_dict(),
+            "certified": level is None}

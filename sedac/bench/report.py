@@ -1,7 +1,8 @@
 """Results folder of ``sedac bench``: ``results.json`` (raw), ``results.md`` (table), PNGs, printed table.
 
 PNGs: ``speed_quality.png`` (speedup vs teacher-forced top-1 agreement, Pareto front marked) and
-``skip_per_layer.png`` (per-layer MLP skip rate of each sedac setting, teacher-forced HF runtime).
+``skip_per_layer.png`` (per-layer fraction of MLP weight bytes not read of each sedac setting —
+the skip rate for whole-MLP skip — teacher-forced HF runtime).
 """
 
 from __future__ import annotations
@@ -21,37 +22,60 @@ def _f(x: Any, fmt: str = ".2f") -> str:
     return format(x, fmt)
 
 
+def _quality_of(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """Teacher-forced figures of a variant (sedac off: the baseline's, by definition ratio 1, nothing saved)."""
+    qual = results.get("quality") or {}
+    q = qual.get("variants", {}).get(name)
+    if q is not None and "error" in q:
+        return None
+    e = results["variants"].get(name, {})
+    if name == results["baseline"] or (q is None and e.get("sedac") is None and qual.get("baseline")):
+        if not qual:
+            return None
+        return {"ppl": qual.get("baseline", {}).get("ppl"), "ppl_ratio": 1.0, "top1_agreement": 1.0,
+                "mlp_bytes_saved": 0.0}
+    return q
+
+
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per variant with the headline metrics (strings, ready for Markdown / rich)."""
+    """One row per variant with the headline metrics (strings, ready for Markdown / rich).
+
+    Variants whose engine did not run but whose teacher-forced quality was measured (e.g. a setting
+    the vLLM plugin refuses) get a row too, with the speed columns marked "not run".
+    """
     rows = []
-    qual = results.get("quality", {})
+    qual = results.get("quality") or {}
     order = [v["name"] for v in results.get("config", {}).get("variants", [])]
-    names = sorted(results["variants"], key=lambda n: (n != results["baseline"], order.index(n) if n in order else 99))
+    quality_only = [n for n, q in qual.get("variants", {}).items()
+                    if n not in results["variants"] and "error" not in q]
+    names = sorted(list(results["variants"]) + quality_only,
+                   key=lambda n: (n != results["baseline"], order.index(n) if n in order else 99))
     for name in names:
-        e = results["variants"][name]
-        t, s = e["tps"], e["speedup"]
-        q = qual.get("variants", {}).get(name)
-        if q is not None and "error" in q:
-            q = None
-        if name == results["baseline"] or (q is None and e.get("sedac") is None and qual.get("baseline")):
-            q = {"ppl": qual.get("baseline", {}).get("ppl"), "ppl_ratio": 1.0, "top1_agreement": 1.0} if qual else None
-        g = e["greedy_vs_baseline"]
-        sk = e.get("skip") or {}
-        sd = e.get("spec_decode") or {}
-        rows.append({
-            "variant": name,
-            "TPS median [min–max]": f"{t['median']:.1f} [{t['min']:.1f}–{t['max']:.1f}]",
-            "speedup median [min–max]": f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]",
+        e = results["variants"].get(name)
+        q = _quality_of(results, name)
+        row = {"variant": name}
+        if e is None:
+            row.update({"TPS median [min–max]": "not run", "speedup median [min–max]": "not run"})
+            g, sk, sd = None, {}, {}
+        else:
+            t, s = e["tps"], e["speedup"]
+            row.update({"TPS median [min–max]": f"{t['median']:.1f} [{t['min']:.1f}–{t['max']:.1f}]",
+                        "speedup median [min–max]": f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"})
+            g, sk, sd = e["greedy_vs_baseline"], e.get("skip") or {}, e.get("spec_decode") or {}
+        row.update({
             "skip (band layers)": _f(sk.get("all_band_layers", {}).get("rate"), ".3f") if sk else "–",
             "skip (all layers)": _f(sk.get("all_layers_rate"), ".3f") if sk else "–",
+            "MLP bytes saved (vLLM)": _f(e.get("mlp_bytes_saved"), ".3f") if e else "–",
+            "MLP bytes saved (TF)": _f(q.get("mlp_bytes_saved"), ".3f") if q else "–",
             "PPL (ratio)": f"{_f(q.get('ppl'))} ({_f(q.get('ppl_ratio'), '.3f')})" if q else "–",
             "top-1 agree": _f(q.get("top1_agreement"), ".3f") if q else "–",
-            "greedy identical": _f(g["identical_fraction"], ".2f"),
-            "first div.": _f(g["mean_first_divergence"], ".1f"),
+            "greedy identical": _f(g["identical_fraction"], ".2f") if g else "–",
+            "first div.": _f(g["mean_first_divergence"], ".1f") if g else "–",
             "AR": _f(sd.get("acceptance_rate"), ".3f") if sd else "–",
             "accept len": _f(sd.get("mean_acceptance_length"), ".2f") if sd else "–",
             "TRR": _f(sd.get("trr"), ".3f") if sd else "–",
         })
+        rows.append(row)
     return rows
 
 
@@ -70,7 +94,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"git {prov.get('git_revision')}.", "",
         "Speedup = TPS / baseline TPS of the same round; median [min–max] over repeats. PPL, top-1: teacher-forced "
         "(HF runtime) on the quality corpus; greedy identical / first divergence: vLLM outputs vs the baseline's. "
-        "Definitions: docs/metrics.md.", "",
+        "MLP bytes saved: fraction of all MLP weight bytes a per-token kernel need not read (whole-MLP skip: "
+        "skip rate x band layers / all layers; soft skip: zeroed MLP inputs), from the vLLM engine's counters "
+        "(vLLM) and from the teacher-forced HF run (TF). Definitions: docs/metrics.md.", "",
     ]
     tail = [""]
     for name, reason in results.get("unavailable", {}).items():
@@ -114,12 +140,13 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     if settings:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for key, r in settings.items():
-            if "per_layer_skip_rate" not in r:
+            per_layer = r.get("per_layer_bytes_saved", r.get("per_layer_skip_rate"))
+            if per_layer is None:
                 continue
             label = "/".join(key.split("|")[1:])
-            ax.plot(range(len(r["per_layer_skip_rate"])), r["per_layer_skip_rate"], marker=".", label=label)
+            ax.plot(range(len(per_layer)), per_layer, marker=".", label=label)
         ax.set_xlabel("decoder layer")
-        ax.set_ylabel("MLP skip rate (teacher-forced)")
+        ax.set_ylabel("MLP weight bytes not read\n(whole-MLP: skip rate; teacher-forced)", fontsize=8)
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
         fig.tight_layout()
