@@ -34,6 +34,14 @@ def _skip_mlp_cuda(x, keep, w_gate_up, w_down):
     return torch.where(keep.unsqueeze(1), y, torch.zeros((), dtype=y.dtype, device=y.device))
 
 
+def dense_rows_above() -> int:
+    """Steps with more rows than this run dense on CUDA (every row computed, skipped rows zeroed):
+    callers count their rows as evaluated, not skipped."""
+    from sedac.runtime.kernels.mlp_triton import MAX_ROWS
+
+    return MAX_ROWS
+
+
 def register() -> None:
     """Register the CUDA kernel of ``sedac::skip_mlp`` (idempotent)."""
     global _REGISTERED
