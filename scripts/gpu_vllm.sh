@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Real CUDA vLLM (0.26, the shared carry ../shared/tools/vllm-gpu) with the sedac plugin, in ONE device call:
+#   (c) decode throughput, Qwen2.5-7B shape, random weights: plain vLLM vs sedac never / band 8 and 14 always,
+#       batch 1 and 32, compiled with CUDA graphs (scripts/vllm_throughput.py) - first, alone on the GPU;
+#   (a) the vLLM plugin tests on CUDA (tests/runtime/test_vllm_plugin.py: eager + compiled with CUDA graphs,
+#       static + dynamic (+ its refusal under CUDA graphs), prefix caching on, speculative ngram), in 4 parallel
+#       pytest groups, with (b) `sedac serve` compiled with CUDA graphs answering the OpenAI client, /metrics
+#       (scripts/gpu_vllm_serve.py) beside them;
+#   then writes $OUT/gpu-vllm-<card>.json (copy it to docs/evidence/) and $OUT/perf_table.md.
+# Here (from the worktree root): bash scripts/gpu_vllm_prepare.sh   (builds .gpu-carry: vLLM + this project's wheel)
+# Device: cd <copy of this worktree> && GPU_CARRY=<path of .gpu-carry> bash scripts/gpu_vllm.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+O=${OUT:-/tmp/sedac_gpu_vllm}; mkdir -p "$O"
+CARRY=${GPU_CARRY:-.gpu-carry}
+RUN="bash $CARRY/run.sh --"
+T0=$(date +%s)
+stamp() { echo "[gpu_vllm $(( $(date +%s) - T0 ))s] $*"; }
+$RUN python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
+  2>&1 | tail -2 | tee "$O/env.txt"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  stamp "throughput"
+  timeout "${BENCH_TIMEOUT:-290}" $RUN python3 scripts/vllm_throughput.py --out "$O/throughput.json" \
+    --repeats "${REPEATS:-5}" --work /tmp/sedac-tp > "$O/throughput.log" 2>&1
+  echo "throughput rc=$?" >> "$O/env.txt"; tail -12 "$O/throughput.log"
+fi
+stamp "plugin tests + serve (parallel)"
+PT="python3 -m pytest -q -p no:cacheprovider tests/runtime/test_vllm_plugin.py -k"
+groups=("plugin_loaded or unconfigured or forced_skip or token_policy or batch_policy or same_decisions_as_hf"
+        "compiled_op or compiled_static" "dynamic" "speculative")
+pids=()
+for i in "${!groups[@]}"; do
+  timeout "${TEST_TIMEOUT:-280}" $RUN $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
+  pids+=($!)
+done
+timeout 280 $RUN python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
+spid=$!
+for p in "${pids[@]}"; do wait "$p"; done; wait "$spid"
+for i in "${!groups[@]}"; do tail -3 "$O/tests_g$i.log"; done; grep -h SERVE "$O/serve_run.log" | cut -c1-600
+stamp "evidence"
+$RUN python3 - "$O" <<'PY'
+import glob, json, re, sys, xml.etree.ElementTree as ET
+from pathlib import Path
+o = Path(sys.argv[1])
+env = (o / "env.txt").read_text()
+m = re.search(r"vllm (\S+) torch (\S+) (.+)", env)
+vllm_v, torch_v, card_name = (m.group(1), m.group(2), m.group(3).strip()) if m else ("?", "?", "?")
+passed = failed = skipped = 0
+names = {}
+for f in sorted(glob.glob(str(o / "tests_g*.xml"))):
+    for tc in ET.parse(f).getroot().iter("testcase"):
+        st = "failed" if tc.find("failure") is not None or tc.find("error") is not None else \
+             "skipped" if tc.find("skipped") is not None else "passed"
+        names[tc.get("name")] = st
+passed = sum(v == "passed" for v in names.values()); failed = sum(v == "failed" for v in names.values())
+skipped = sum(v == "skipped" for v in names.values())
+card = "h200" if "H200" in card_name else "h100" if "H100" in card_name else re.sub(r"\W+", "-", card_name.lower())
+ev = {"card": card, "card_name": card_name, "vllm": vllm_v, "torch": torch_v,
+      "command": "bash scripts/gpu_vllm.sh (device call; see docs/perf.md)",
+      "plugin_tests_passed": passed, "plugin_tests_failed": failed, "plugin_tests_skipped": skipped,
+      "plugin_tests": names}
+sv = o / "serve.json"
+ev["serve"] = json.loads(sv.read_text()) if sv.exists() else {"ok": False, "error": "no serve.json"}
+tp = o / "throughput.json"
+if tp.exists():
+    r = json.loads(tp.read_text())
+    for b in r["batches"]:
+        ev[f"never_over_plain_b{b}"] = r.get(f"band8_never_over_plain_b{b}")
+        for k in (8, 14):
+            ev[f"band{k}_always_over_plain_b{b}"] = r.get(f"band{k}_always_over_plain_b{b}")
+            ev[f"band{k}_never_over_plain_b{b}"] = r.get(f"band{k}_never_over_plain_b{b}")
+    ev["throughput"] = r
+    sys.path.insert(0, "scripts")
+    from vllm_throughput import format_table
+    (o / "perf_table.md").write_text(format_table(r) + "\n")
+(o / f"gpu-vllm-{card}.json").write_text(json.dumps(ev, indent=1))
+print(json.dumps({k: v for k, v in ev.items() if k not in ("throughput", "plugin_tests", "serve")}, indent=1))
+print("serve ok:", ev["serve"].get("ok"), ev["serve"].get("error", ""))
+PY
+stamp "done"
