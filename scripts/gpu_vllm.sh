@@ -13,14 +13,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp/sedac_gpu_vllm}; mkdir -p "$O"
 CARRY=${GPU_CARRY:-.gpu-carry}
-RUN="bash $CARRY/run.sh --"
 T0=$(date +%s)
 stamp() { echo "[gpu_vllm $(( $(date +%s) - T0 ))s] $*"; }
-$RUN python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
-  2>&1 | tail -2 | tee "$O/env.txt"
+# run.sh installs vLLM + the wheels into /tmp/site (once here: parallel installs would race), then R runs with them
+bash "$CARRY/run.sh" -- python3 -c "import vllm, torch; print('ENV vllm', vllm.__version__, 'torch', torch.__version__, \
+  torch.cuda.get_device_name(0))" > "$O/env.txt" 2>&1
+grep "^ENV" "$O/env.txt" || { tail -20 "$O/env.txt"; exit 3; }
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 VLLM_DO_NOT_TRACK=1 \
+       TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONPATH=/tmp/site
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp "throughput"
-  timeout "${BENCH_TIMEOUT:-290}" $RUN python3 scripts/vllm_throughput.py --out "$O/throughput.json" \
+  timeout "${BENCH_TIMEOUT:-250}" python3 scripts/vllm_throughput.py --out "$O/throughput.json" \
     --repeats "${REPEATS:-5}" --work /tmp/sedac-tp > "$O/throughput.log" 2>&1
   echo "throughput rc=$?" >> "$O/env.txt"; tail -12 "$O/throughput.log"
 fi
@@ -30,20 +33,20 @@ groups=("plugin_loaded or unconfigured or forced_skip or token_policy or batch_p
         "compiled_op or compiled_static" "dynamic" "speculative")
 pids=()
 for i in "${!groups[@]}"; do
-  timeout "${TEST_TIMEOUT:-280}" $RUN $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
+  timeout "${TEST_TIMEOUT:-240}" $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
   pids+=($!)
 done
-timeout 280 $RUN python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
+timeout "${TEST_TIMEOUT:-240}" python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
 spid=$!
 for p in "${pids[@]}"; do wait "$p"; done; wait "$spid"
 for i in "${!groups[@]}"; do tail -3 "$O/tests_g$i.log"; done; grep -h SERVE "$O/serve_run.log" | cut -c1-600
 stamp "evidence"
-$RUN python3 - "$O" <<'PY'
+python3 - "$O" <<'PY'
 import glob, json, re, sys, xml.etree.ElementTree as ET
 from pathlib import Path
 o = Path(sys.argv[1])
 env = (o / "env.txt").read_text()
-m = re.search(r"vllm (\S+) torch (\S+) (.+)", env)
+m = re.search(r"ENV vllm (\S+) torch (\S+) (.+)", env)
 vllm_v, torch_v, card_name = (m.group(1), m.group(2), m.group(3).strip()) if m else ("?", "?", "?")
 passed = failed = skipped = 0
 names = {}
