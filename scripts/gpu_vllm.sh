@@ -9,9 +9,10 @@
 #   then writes $OUT/gpu-vllm-<card>.json (copy it to docs/evidence/) and $OUT/perf_table.md.
 # Here (from the worktree root): bash scripts/gpu_vllm_prepare.sh   (builds .gpu-carry: vLLM + this project's wheel)
 # Device: cd <copy of this worktree> && GPU_CARRY=<path of .gpu-carry> bash scripts/gpu_vllm.sh
+# Output ($OUT): gpu-vllm-<card>.json, perf_table.md, logs.tar.gz (every log, junit xml and raw JSON).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-O=${OUT:-/tmp/sedac_gpu_vllm}; mkdir -p "$O"
+FINAL=${OUT:-/tmp/sedac_gpu_vllm}; O=$FINAL/work; mkdir -p "$O"  # logs; FINAL gets the evidence + logs.tar.gz
 CARRY=${GPU_CARRY:-.gpu-carry}
 T0=$(date +%s)
 stamp() { echo "[gpu_vllm $(( $(date +%s) - T0 ))s] $*"; }
@@ -80,4 +81,6 @@ if tp.exists():
 print(json.dumps({k: v for k, v in ev.items() if k not in ("throughput", "plugin_tests", "serve")}, indent=1))
 print("serve ok:", ev["serve"].get("ok"), ev["serve"].get("error", ""))
 PY
+cp "$O"/gpu-vllm-*.json "$O"/perf_table.md "$FINAL"/ 2>/dev/null
+tar -czf "$FINAL/logs.tar.gz" -C "$O" . && rm -rf "$O"
 stamp "done"

@@ -36,7 +36,7 @@ def main(out: Path) -> None:
            "--probe", str(probe), "--threshold", "0.5", "--stats-interval", "0.2", "--port", str(port), "--",
            "--max-model-len", "512", "--kv-cache-memory-bytes", str(256 << 20), "--gpu-memory-utilization", "0.5",
            "--attention-backend", "TRITON_ATTN", "--compilation-config", '{"cudagraph_capture_sizes": [1, 2, 4, 8]}']
-    log_path = Path(os.environ.get("OUT", tmp)) / "serve.log"
+    log_path = out.parent / "serve.log"
     base, res = f"http://127.0.0.1:{port}", {"ok": False}
     t0 = time.time()
     with open(log_path, "w") as log:
