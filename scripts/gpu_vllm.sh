@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp "throughput"
   timeout "${BENCH_TIMEOUT:-250}" python3 scripts/vllm_throughput.py --out "$O/throughput.json" \
-    --repeats "${REPEATS:-5}" --work /tmp/sedac-tp > "$O/throughput.log" 2>&1
+    --repeats "${REPEATS:-5}" --work "$O/throughput" > "$O/throughput.log" 2>&1
   echo "throughput rc=$?" >> "$O/env.txt"; tail -12 "$O/throughput.log"
 fi
 stamp "plugin tests + serve (parallel)"

@@ -111,13 +111,17 @@ def run_engine(name: str, spec: dict, root: Path, plugins: bool, timeout: int) -
         env.pop("VLLM_PLUGINS", None)
     else:
         env["VLLM_PLUGINS"] = ""
+    t0 = time.time()
+    print(f"[throughput] engine {name} (log {lp})", flush=True)
     with open(lp, "w") as log:
         rc = subprocess.run([sys.executable, __file__, "--engine", str(sp), "--out", str(op)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, timeout=timeout).returncode
     if rc != 0 or not op.exists():
         tail = "\n".join(lp.read_text().splitlines()[-30:])
         raise SystemExit(f"engine {name} failed (rc={rc}):\n{tail}")
-    return json.loads(op.read_text())
+    out = json.loads(op.read_text())
+    print(f"[throughput] engine {name} done in {time.time() - t0:.0f} s (start {out['engine_start_s']} s)", flush=True)
+    return out
 
 
 def main() -> None:

