@@ -10,6 +10,11 @@
 # Here (from the worktree root): bash scripts/gpu_vllm_prepare.sh   (builds .gpu-carry: vLLM + this project's wheel)
 # Device: cd <copy of this worktree> && GPU_CARRY=<path of .gpu-carry> bash scripts/gpu_vllm.sh
 # Output ($OUT): gpu-vllm-<card>.json, perf_table.md, logs.tar.gz (every log, junit xml and raw JSON).
+# Time (H200, run 1): install + import 20 s; tests + serve in parallel ~150 s; the 7B throughput needs more than the
+# 240 s it was given (3 compiled engines). Within the 10-minute call limit run it as two calls if needed:
+#   SKIP_BENCH=1 bash scripts/gpu_vllm.sh            # tests + serve (~3-4 min)
+#   SKIP_TESTS=1 BENCH_TIMEOUT=540 bash scripts/gpu_vllm.sh   # throughput only
+# (each call writes its own gpu-vllm-<card>.json: merge the keys, or run both stages in one call when time allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 FINAL=${OUT:-/tmp/sedac_gpu_vllm}; O=$FINAL/work; mkdir -p "$O"  # logs; FINAL gets the evidence + logs.tar.gz
@@ -28,6 +33,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --repeats "${REPEATS:-5}" --work "$O/throughput" > "$O/throughput.log" 2>&1
   echo "throughput rc=$?" >> "$O/env.txt"; tail -12 "$O/throughput.log"
 fi
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
 stamp "plugin tests + serve (parallel)"
 PT="python3 -m pytest -q -p no:cacheprovider tests/runtime/test_vllm_plugin.py -k"
 groups=("plugin_loaded or unconfigured or forced_skip or token_policy or batch_policy or same_decisions_as_hf"
@@ -41,33 +47,39 @@ timeout "${TEST_TIMEOUT:-240}" python3 scripts/gpu_vllm_serve.py "$O/serve.json"
 spid=$!
 for p in "${pids[@]}"; do wait "$p"; done; wait "$spid"
 for i in "${!groups[@]}"; do tail -3 "$O/tests_g$i.log"; done; grep -h SERVE "$O/serve_run.log" | cut -c1-600
+fi
 stamp "evidence"
 python3 - "$O" <<'PY'
-import glob, json, re, sys, xml.etree.ElementTree as ET
+import glob, json, re, sys, time, xml.etree.ElementTree as ET
 from pathlib import Path
 o = Path(sys.argv[1])
 env = (o / "env.txt").read_text()
 m = re.search(r"ENV vllm (\S+) torch (\S+) (.+)", env)
 vllm_v, torch_v, card_name = (m.group(1), m.group(2), m.group(3).strip()) if m else ("?", "?", "?")
-passed = failed = skipped = 0
-names = {}
-for f in sorted(glob.glob(str(o / "tests_g*.xml"))):
-    for tc in ET.parse(f).getroot().iter("testcase"):
-        st = "failed" if tc.find("failure") is not None or tc.find("error") is not None else \
-             "skipped" if tc.find("skipped") is not None else "passed"
-        names[tc.get("name")] = st
-passed = sum(v == "passed" for v in names.values()); failed = sum(v == "failed" for v in names.values())
-skipped = sum(v == "skipped" for v in names.values())
 card = "h200" if "H200" in card_name else "h100" if "H100" in card_name else re.sub(r"\W+", "-", card_name.lower())
-ev = {"card": card, "card_name": card_name, "vllm": vllm_v, "torch": torch_v,
-      "command": "bash scripts/gpu_vllm.sh (device call; see docs/perf.md)",
-      "plugin_tests_passed": passed, "plugin_tests_failed": failed, "plugin_tests_skipped": skipped,
-      "plugin_tests": names}
+now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+prev = Path(f"docs/evidence/gpu-vllm-{card}.json")  # a stage that did not run keeps the committed figures
+ev = json.loads(prev.read_text()) if prev.exists() else {}
+ev.update({"card": card, "card_name": card_name, "vllm": vllm_v, "torch": torch_v,
+           "command": "bash scripts/gpu_vllm.sh (device call; see docs/perf.md)"})
+xmls = sorted(glob.glob(str(o / "tests_g*.xml")))
+if xmls:
+    names = {}
+    for f in xmls:
+        for tc in ET.parse(f).getroot().iter("testcase"):
+            names[tc.get("name")] = ("failed" if tc.find("failure") is not None or tc.find("error") is not None
+                                     else "skipped" if tc.find("skipped") is not None else "passed")
+    ev.update({"tests_run_utc": now, "plugin_tests": names,
+               "plugin_tests_passed": sum(v == "passed" for v in names.values()),
+               "plugin_tests_failed": sum(v == "failed" for v in names.values()),
+               "plugin_tests_skipped": sum(v == "skipped" for v in names.values())})
 sv = o / "serve.json"
-ev["serve"] = json.loads(sv.read_text()) if sv.exists() else {"ok": False, "error": "no serve.json"}
+if sv.exists():
+    ev["serve"] = dict(json.loads(sv.read_text()), run_utc=now)
 tp = o / "throughput.json"
 if tp.exists():
     r = json.loads(tp.read_text())
+    ev["throughput_run_utc"] = now
     for b in r["batches"]:
         ev[f"never_over_plain_b{b}"] = r.get(f"band8_never_over_plain_b{b}")
         for k in (8, 14):
@@ -79,7 +91,7 @@ if tp.exists():
     (o / "perf_table.md").write_text(format_table(r) + "\n")
 (o / f"gpu-vllm-{card}.json").write_text(json.dumps(ev, indent=1))
 print(json.dumps({k: v for k, v in ev.items() if k not in ("throughput", "plugin_tests", "serve")}, indent=1))
-print("serve ok:", ev["serve"].get("ok"), ev["serve"].get("error", ""))
+print("serve ok:", ev.get("serve", {}).get("ok"), ev.get("serve", {}).get("error", ""))
 PY
 cp "$O"/gpu-vllm-*.json "$O"/perf_table.md "$FINAL"/ 2>/dev/null
 tar -czf "$FINAL/logs.tar.gz" -C "$O" . && rm -rf "$O"
