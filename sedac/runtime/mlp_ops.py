@@ -63,7 +63,10 @@ def _skip_mlp_fake(x, keep, w_gate_up, w_down):
 
 
 def ensure_cuda_kernels() -> None:
-    """Register the Triton CUDA kernel of ``sedac::skip_mlp`` (lazy: imports triton; idempotent)."""
+    """Register the Triton CUDA kernel of ``sedac::skip_mlp`` (imports triton; idempotent).
+
+    Call it before a compiled graph is traced (vLLM: :class:`sedac.runtime.vllm_model.SedacRuntime` does
+    at start-up): ``torch.library.register_kernel`` cannot run inside a Dynamo trace."""
     from sedac.runtime.kernels import register
 
     register()
@@ -75,8 +78,8 @@ def run_mlp(mlp, x: torch.Tensor, keep: torch.Tensor, impl: str = "module") -> t
         return masked_mlp(mlp, x, keep)
     if impl == "op":
         w_gate_up, w_down = gated_mlp_weights(mlp)
-        if x.is_cuda:
-            ensure_cuda_kernels()
+        if x.is_cuda and not torch.compiler.is_compiling():
+            ensure_cuda_kernels()  # eager callers (HF runtime); compiled callers registered before tracing
         return torch.ops.sedac.skip_mlp(x, keep, w_gate_up, w_down)
     raise ValueError(f"unknown MLP implementation {impl!r}")
 

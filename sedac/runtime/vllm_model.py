@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import threading
 import time
 import types
@@ -30,14 +31,11 @@ from sedac.errors import ConfigError
 from sedac.runtime import policy as P
 from sedac.runtime import stats as S
 from sedac.runtime.config import SedacVllmConfig, load_config
-from sedac.runtime.mlp_ops import run_mlp
+from sedac.runtime import vllm_checks as C
+from sedac.runtime.mlp_ops import ensure_cuda_kernels, run_mlp
 from sedac.runtime.soft import SoftParams, bytes_saved_fraction, soft_from_probe, soft_mlp
 from sedac.runtime.soft import levels as soft_levels
 from sedac.runtime.soft import thresholds as soft_thresholds
-
-# decoder-layer forwards whose body _layer_forward reproduces (checked at start-up)
-_KNOWN_LAYER_FORWARDS = {"LlamaDecoderLayer.forward", "Qwen2DecoderLayer.forward",
-                         "Qwen3DecoderLayer.forward", "MistralDecoderLayer.forward"}
 
 
 class SedacRuntime:
@@ -56,18 +54,10 @@ class SedacRuntime:
             self.skip_config = P.SkipConfig(mode="never", thresholds=[0.0] * len(probe.bands))
         else:
             self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold)
-        par = vllm_config.parallel_config
-        if par.pipeline_parallel_size > 1:
-            raise ConfigError("sedac: pipeline parallelism is not supported (tensor parallelism is)")
-        eager = vllm_config.model_config.enforce_eager or int(vllm_config.compilation_config.mode or 0) == 0
-        impl = cfg.impl if cfg.impl != "auto" else ("module" if eager else "op")
-        if impl == "module" and not eager:
-            raise ConfigError("sedac: impl \"module\" syncs with the host and cannot run in vLLM's compiled graph; "
-                              "use impl \"op\" (or \"auto\") or enforce_eager=True")
-        if impl == "op" and par.tensor_parallel_size > 1:
-            raise ConfigError("sedac: impl \"op\" supports tensor_parallel_size 1 only in this version; "
-                              "use impl \"module\" with enforce_eager=True")
-        self.impl, self.eager = impl, eager
+        impl, compiled, graphs = C.resolve_impl(cfg.impl, vllm_config)
+        C.check_engine(self.skip_config.mode, vllm_config, graphs)
+        self.impl, self.eager, self.cuda_graphs = impl, not (compiled or graphs), graphs
+        self.stats_file = cfg.stats_file or os.environ.get("SEDAC_STATS_FILE") or None
         self.probe_layer = probe.layer
         self.layer_band: dict[int, int] = {}
         for bi, (a, b) in enumerate(probe.bands):
@@ -78,6 +68,13 @@ class SedacRuntime:
         self.widths = [b - a + 1 for a, b in probe.bands]
         dtype = vllm_config.model_config.dtype
         dev = next(model.parameters()).device
+        #: row count above which the MLP op computes every row (then nothing is counted as skipped)
+        self.dense_above: int | None = None
+        if impl == "op" and dev.type == "cuda":
+            from sedac.runtime.kernels import dense_rows_above
+
+            ensure_cuda_kernels()  # before vLLM traces the forward: registration cannot be traced
+            self.dense_above = dense_rows_above()
         W, bias = probe.raw_score_weights(dev, dtype)
         self.W, self.b = W, bias  # [B, d] in the model dtype, [B] float32
         self.thr = torch.tensor(self.skip_config.thresholds or [0.0] * len(probe.bands),
@@ -97,6 +94,7 @@ class SedacRuntime:
         if self.soft is not None:
             self.soft_table = soft_table.to(dev)
         self.steps = 0
+        self.serving = False  #: set at the first real (non warm-up) step, when the counters restart
         self.decisions: list[torch.Tensor] = []
         self._flusher: threading.Thread | None = None
         self.op_mlps: dict[int, Any] = {}  #: layer -> weights for impl "op" (see capture_weights)
@@ -106,8 +104,7 @@ class SedacRuntime:
 
     @staticmethod
     def _check_layer(layer, impl: str) -> None:
-        if type(layer).forward.__qualname__ not in _KNOWN_LAYER_FORWARDS:
-            raise ConfigError(f"sedac: unsupported decoder layer {type(layer).__name__}")
+        C.check_mirrored(type(layer).forward)  # _layer_forward reproduces this body
         if getattr(layer, "ada_rms_norm_t_cond", None) is not None:
             raise ConfigError("sedac: Mistral ada_rms_norm_t_cond layers are not supported")
         if impl == "op":
@@ -165,8 +162,16 @@ class SedacRuntime:
         else:
             thr = self.thr
         skip = P.decide(raw, self.skip_config, thr=thr)
-        torch.ops.sedac.accumulate_skips(self.counts, skip)
+        self._count(skip)
         return skip
+
+    def _count(self, skip: torch.Tensor) -> None:
+        """Add this step to the counters. Steps the MLP op runs dense (more than ``dense_above`` rows on
+        CUDA: every row computed, skipped rows zeroed) count as evaluated, not skipped."""
+        if self.dense_above is not None:
+            n = torch.arange(skip.shape[0], device=skip.device)[-1:]  # [1] (or [0]); no shape branch
+            skip = skip & (n <= self.dense_above - 1).unsqueeze(-1)
+        torch.ops.sedac.accumulate_skips(self.counts, skip)
 
     def soft_levels(self, h: torch.Tensor | None, n: int, device) -> torch.Tensor:
         """Per-token soft level ``[N]``: the probe-controlled level from the stream ``h`` entering the
@@ -202,16 +207,21 @@ class SedacRuntime:
                                    skip.detach().cpu().clone()))  # .cpu() aliases vLLM buffers on CPU
 
     # ------------------------------------------------------------ host side (outside the graph)
-    def after_step(self) -> None:
-        if _is_dummy_step():
-            self.counts.zero_()  # profiling / warm-up runs (no attention metadata) are not traffic
+    def before_step(self) -> None:
+        """Host side, before a forward that runs Python (not a full-CUDA-graph replay)."""
+        if not self.serving and not _is_dummy_step():
+            self.counts.zero_()  # profiling, compile and capture warm-ups are not traffic
             self.soft_counts.zero_()
+            self.serving = True
+
+    def after_step(self) -> None:
+        if not self.serving:
             return
         if self.soft is not None and self.cfg.record and self.decisions:
-            ids, pos, lv = self.decisions[-1]
+            ids, pos, lv = self.decisions[-1][:3]
             self.decisions[-1] = (ids, pos, lv, (self._soft_rows / self.num_layers).detach().cpu().clone())
-        self.steps += 1
-        if self.cfg.stats_file and self._flusher is None:
+        self.steps += 1  # steps that ran Python: full-CUDA-graph replays are not seen here
+        if self.stats_file and self._flusher is None:
             # a daemon thread snapshots the counters every stats_interval_s: no host sync on the step path
             self._flusher = threading.Thread(target=self._flush_loop, name="sedac-stats", daemon=True)
             self._flusher.start()
@@ -239,7 +249,7 @@ class SedacRuntime:
         return snap
 
     def flush(self) -> None:
-        S.write_atomic(self.cfg.stats_file, self.snapshot())
+        S.write_atomic(self.stats_file, self.snapshot())
 
     def reset(self) -> None:
         self.counts.zero_()
@@ -257,10 +267,20 @@ class SedacRuntime:
 
 
 def _is_dummy_step() -> bool:
-    """True for vLLM's profiling / warm-up forwards, which run without attention metadata."""
+    """True for vLLM's profiling / compile / capture warm-up forwards: no attention metadata, or called
+    from the model runner's ``_dummy_run`` (full-CUDA-graph warm-ups build metadata)."""
+    import sys
+
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
-    return is_forward_context_available() and get_forward_context().attn_metadata is None
+    if is_forward_context_available() and get_forward_context().attn_metadata is None:
+        return True
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "_dummy_run":
+            return True
+        f = f.f_back
+    return False
 
 
 def _layer_forward(layer, mlp, positions, hidden_states, residual, keep, impl):
@@ -352,15 +372,24 @@ def _make(base_module: str, base_name: str, inner_name: str) -> type:
 
     def __init__(self, *, vllm_config, prefix: str = "", **kwargs):
         cfg = load_config(getattr(vllm_config, "additional_config", None))
-        if cfg is None:
+        if cfg is None or C.is_draft(vllm_config):  # a speculative draft model runs as vLLM's own
             base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
             self._sedac = None
             return
-        with _patched(base_module, inner_name, sedac_inner_class(getattr(mod, inner_name))):
+        from sedac.runtime.vllm_plugin import check_vllm_version
+
+        check_vllm_version()
+        inner = sedac_inner_class(getattr(mod, inner_name))
+        C.check_mirrored(getattr(mod, inner_name).forward)  # _sedac_forward reproduces this body
+        with _patched(base_module, inner_name, inner):
             base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
+        if type(self.model) is not inner:
+            raise ConfigError(f"sedac: vLLM built {type(self.model).__name__}, not {inner.__name__}, for "
+                              f"{base_name}; this vLLM version is not supported")
         rt = SedacRuntime(cfg, vllm_config, self)
         self._sedac = rt
         self.model._sedac = rt
+        _set_cache_key(vllm_config, cfg)
 
     def load_weights(self, weights):
         loaded = base.load_weights(self, weights)
@@ -369,8 +398,10 @@ def _make(base_module: str, base_name: str, inner_name: str) -> type:
         return loaded
 
     def forward(self, *args, **kwargs):
-        if self._sedac is not None and not self._sedac._bound:
-            self._sedac.bind(self)
+        if self._sedac is not None:
+            if not self._sedac._bound:
+                self._sedac.bind(self)
+            self._sedac.before_step()
         out = base.forward(self, *args, **kwargs)
         if self._sedac is not None:
             self._sedac.after_step()
@@ -379,6 +410,21 @@ def _make(base_module: str, base_name: str, inner_name: str) -> type:
     return type(f"Sedac{base_name}", (base,), {"__init__": __init__, "forward": forward, "load_weights": load_weights,
                                                "__module__": __name__,
                                                "__qualname__": f"Sedac{base_name}"})
+
+
+def _set_cache_key(vllm_config, cfg: SedacVllmConfig) -> None:
+    """Make vLLM's compile-cache key (a hash of ``additional_config``, computed when it first compiles,
+    after this) follow what sedac traces, and nothing else: the config (also when it came from
+    ``$SEDAC_VLLM_CONFIG``), the probe's bytes and sedac's source. Host-side keys (``stats_file``, e.g. a
+    per-process path from ``sedac serve``) are dropped from the hashed copy; the runtime keeps them."""
+    ac = vllm_config.additional_config
+    if not isinstance(ac, dict):
+        return
+    new = dict(ac)  # a copy: the caller's dict is left as it was
+    if isinstance(ac.get("sedac"), dict):
+        new["sedac"] = {k: v for k, v in ac["sedac"].items() if k not in C.HOST_ONLY_KEYS}
+    new["sedac_graph_key"] = C.graph_key(cfg.to_dict(), cfg.probe)
+    vllm_config.additional_config = new
 
 
 _ARCHS = {

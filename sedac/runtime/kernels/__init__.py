@@ -49,6 +49,14 @@ def _sparse_mlp_cuda(x, thr_x, thr_h, w1, w2):
     return sparse_mlp_reference(x, thr_x, thr_h, w1, w2)
 
 
+def dense_rows_above() -> int:
+    """Steps with more rows than this run dense on CUDA (every row computed, skipped rows zeroed):
+    callers count their rows as evaluated, not skipped."""
+    from sedac.runtime.kernels.mlp_triton import MAX_ROWS
+
+    return MAX_ROWS
+
+
 def register() -> None:
     """Register the CUDA kernels of ``sedac::skip_mlp`` and ``sedac::sparse_mlp`` (idempotent)."""
     global _REGISTERED

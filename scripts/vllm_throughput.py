@@ -1,0 +1,195 @@
+"""Decode throughput in real vLLM: plain vLLM vs sedac (never firing / a band skipped every step), one run.
+
+    python scripts/vllm_throughput.py --out OUT.json                  # Qwen2.5-7B shape, bf16, GPU
+    python scripts/vllm_throughput.py --shape tiny --out OUT.json     # the tiny test model (mechanics check)
+
+The model is a locally written ``config.json`` with random weights (``load_format="dummy"``: vLLM fills
+them with random values, never zeros) and no tokenizer (``skip_tokenizer_init``; prompts are token ids).
+Engines, each compiled with CUDA graphs (sizes = the batch sizes), one at a time, in subprocesses:
+
+* ``plain``: the plugin disabled (``VLLM_PLUGINS=""``); the worker reports vLLM's own model class;
+* ``band8`` / ``band14``: sedac with a random probe whose band is the last 8 / 14 of 28 layers, static
+  mode. The score threshold lives on the device, so one compiled engine serves two settings through
+  ``sedac_set``: ``never`` (threshold 1.0: the probe, decision and skip op run, nothing is skipped)
+  and ``always`` (threshold 0.0: every band MLP is skipped every step). Skip counters are read after
+  each setting and reported.
+
+Each (setting, batch) is timed over ``--repeats`` ``generate`` calls (greedy, ``--tokens`` new tokens per
+request, EOS ignored, prefix caching off) after one warm-up; the median tok/s is reported with the
+spread. Ratios are against ``plain`` of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QWEN7B = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+              max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, hidden_act="silu",
+              tie_word_embeddings=False, torch_dtype="bfloat16", bos_token_id=151643, eos_token_id=151645,
+              sliding_window=None, use_sliding_window=False, max_window_layers=28, attention_dropout=0.0)
+
+
+def make_model(shape: str, root: Path) -> Path:
+    d = root / f"model-{shape}"
+    d.mkdir(parents=True, exist_ok=True)
+    if shape == "qwen2.5-7b":
+        (d / "config.json").write_text(json.dumps(QWEN7B, indent=1))
+    elif shape == "tiny":
+        from sedac.testing.tiny import make_tiny_model
+
+        make_tiny_model(d, arch="llama")
+    else:
+        raise SystemExit(f"unknown --shape {shape!r} (qwen2.5-7b | tiny)")
+    return d
+
+
+def make_probe(model: Path, k: int, root: Path) -> str:
+    from sedac.adapter import fingerprint_from_config
+    from sedac.testing.probes import random_probe
+
+    cfg = json.loads((model / "config.json").read_text())
+    n = int(cfg["num_hidden_layers"])
+    k = min(k, n - 1)
+    return str(random_probe(fingerprint_from_config(cfg), layer=n - k, bands=[(n - k, n - 1)], seed=k)
+               .save(root / f"probe-band{k}.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------- engine side
+def engine_main(spec: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    from sedac.runtime import vllm_plugin as vp
+
+    kw = dict(spec["engine"])
+    kw.update(vp.engine_kwargs(spec.get("probe"), **spec.get("sedac", {})))
+    t0 = time.perf_counter()
+    llm = LLM(spec["model"], **kw)
+    out = {"engine_start_s": round(time.perf_counter() - t0, 1),
+           "model_class": llm.collective_rpc("sedac_model_class")[0]}
+    vocab = spec["vocab"]
+    sp = SamplingParams(temperature=0.0, max_tokens=spec["tokens"], ignore_eos=True, detokenize=False)
+    settings = spec.get("settings") or {"plain": None}
+    for name, score in settings.items():
+        if score is not None:
+            llm.collective_rpc("sedac_set", kwargs={"threshold": score})
+        res = {}
+        for b in spec["batches"]:
+            prompts = [{"prompt_token_ids": [(7 + 31 * i + 13 * j) % (vocab - 10) + 5 for j in range(spec["prompt_len"])]}
+                       for i in range(b)]
+            llm.generate(prompts, sp, use_tqdm=False)  # warm-up
+            if score is not None:
+                llm.collective_rpc("sedac_reset")
+            tps = []
+            for _ in range(spec["repeats"]):
+                t = time.perf_counter()
+                outs = llm.generate(prompts, sp, use_tqdm=False)
+                dt = time.perf_counter() - t
+                assert sum(len(o.outputs[0].token_ids) for o in outs) == b * spec["tokens"]
+                tps.append(b * spec["tokens"] / dt)
+            res[f"b{b}"] = {"tok_s": statistics.median(tps), "min": min(tps), "max": max(tps), "n": len(tps)}
+            if score is not None:
+                res[f"b{b}"]["skip_rate"] = vp.engine_stats(llm)["all"]["rate"]
+        out[name] = res
+        print(name, json.dumps(res), flush=True)
+    return out
+
+
+def run_engine(name: str, spec: dict, root: Path, plugins: bool, timeout: int) -> dict:
+    sp, op, lp = root / f"{name}.spec.json", root / f"{name}.out.json", root / f"{name}.log"
+    sp.write_text(json.dumps(spec))
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env.pop("SEDAC_VLLM_CONFIG", None)
+    if plugins:
+        env.pop("VLLM_PLUGINS", None)
+    else:
+        env["VLLM_PLUGINS"] = ""
+    t0 = time.time()
+    print(f"[throughput] engine {name} (log {lp})", flush=True)
+    with open(lp, "w") as log:
+        rc = subprocess.run([sys.executable, __file__, "--engine", str(sp), "--out", str(op)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, timeout=timeout).returncode
+    if rc != 0 or not op.exists():
+        tail = "\n".join(lp.read_text().splitlines()[-30:])
+        raise SystemExit(f"engine {name} failed (rc={rc}):\n{tail}")
+    out = json.loads(op.read_text())
+    print(f"[throughput] engine {name} done in {time.time() - t0:.0f} s (start {out['engine_start_s']} s)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="qwen2.5-7b")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--bands", type=int, nargs="+", default=[8, 14])
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--work", default="/tmp/sedac-vllm-throughput")
+    ap.add_argument("--engine-timeout", type=int, default=300)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.engine:
+        Path(a.out).write_text(json.dumps(engine_main(json.loads(Path(a.engine).read_text()))))
+        return
+    import torch
+
+    root = Path(a.work)
+    root.mkdir(parents=True, exist_ok=True)
+    model = make_model(a.shape, root)
+    cuda = torch.cuda.is_available()
+    engine = dict(max_model_len=a.prompt_len + a.tokens + 16, max_num_seqs=max(a.batches), seed=0,
+                  enable_prefix_caching=False, skip_tokenizer_init=True, enforce_eager=False)
+    if a.shape != "tiny":
+        engine["load_format"] = "dummy"
+    if cuda:
+        engine.update(dtype="bfloat16", attention_backend="TRITON_ATTN", kv_cache_memory_bytes=8 << 30,
+                      compilation_config={"cudagraph_capture_sizes": sorted(set(a.batches))})
+    else:
+        engine.update(dtype="float32")
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    base = dict(model=str(model), engine=engine, vocab=vocab, batches=a.batches, tokens=a.tokens,
+                prompt_len=a.prompt_len, repeats=a.repeats)
+    result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "shape": a.shape, "tokens": a.tokens,
+              "prompt_len": a.prompt_len, "repeats": a.repeats, "batches": a.batches, "engine": engine}
+    plain = run_engine("plain", base, root, plugins=False, timeout=a.engine_timeout)
+    assert not plain["model_class"].startswith("sedac"), plain["model_class"]  # baseline: sedac truly off
+    result["plain"] = plain
+    result["bands_done"] = []
+    for k in a.bands:
+        spec = dict(base, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
+                    settings={"never": 1.0, "always": 0.0})
+        out = run_engine(f"band{k}", spec, root, plugins=True, timeout=a.engine_timeout)
+        assert "SedacQwen2Model" in out["model_class"] or "SedacLlamaModel" in out["model_class"], out["model_class"]
+        result[f"band{k}"] = out
+        for s in ("never", "always"):
+            for b in a.batches:
+                result[f"band{k}_{s}_over_plain_b{b}"] = round(out[s][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
+        result["bands_done"].append(k)
+        Path(a.out).write_text(json.dumps(result, indent=1))  # after every engine: a timeout keeps what ran
+    print(format_table(result))
+
+
+def format_table(r: dict) -> str:
+    rows = [f"| variant | batch | tok/s (median) | spread | x plain | skip rate |", "|---|---|---|---|---|---|"]
+    for b in r["batches"]:
+        p = r["plain"]["plain"][f"b{b}"]
+        rows.append(f"| plain vLLM | {b} | {p['tok_s']:.1f} | {p['min']:.1f}-{p['max']:.1f} | 1.000 | - |")
+        for key in (f"band{k}" for k in r.get("bands_done", [])):
+            for s in ("never", "always"):
+                v = r[key][s][f"b{b}"]
+                rows.append(f"| sedac {key} {s} | {b} | {v['tok_s']:.1f} | {v['min']:.1f}-{v['max']:.1f} | "
+                            f"{r[f'{key}_{s}_over_plain_b{b}']:.3f} | {v['skip_rate']:.3f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
