@@ -38,15 +38,19 @@ stamp "plugin tests + serve (parallel)"
 PT="python3 -m pytest -q -p no:cacheprovider tests/runtime/test_vllm_plugin.py -k"
 groups=("plugin_loaded or unconfigured or forced_skip or token_policy or batch_policy or same_decisions_as_hf"
         "compiled_op or compiled_static" "dynamic" "speculative")
+# soft skip (tests/runtime/test_vllm_soft.py: never-firing = plain, HF-equal levels, counters, compiled = eager)
+SOFT="python3 -m pytest -q -p no:cacheprovider tests/runtime/test_vllm_soft.py"
 pids=()
 for i in "${!groups[@]}"; do
   timeout "${TEST_TIMEOUT:-240}" $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
   pids+=($!)
 done
+timeout "${TEST_TIMEOUT:-240}" $SOFT --junitxml="$O/tests_g9.xml" > "$O/tests_g9.log" 2>&1 &
+pids+=($!)
 timeout "${TEST_TIMEOUT:-240}" python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
 spid=$!
 for p in "${pids[@]}"; do wait "$p"; done; wait "$spid"
-for i in "${!groups[@]}"; do tail -3 "$O/tests_g$i.log"; done; grep -h SERVE "$O/serve_run.log" | cut -c1-600
+for i in "${!groups[@]}" 9; do tail -3 "$O/tests_g$i.log"; done; grep -h SERVE "$O/serve_run.log" | cut -c1-600
 fi
 stamp "evidence"
 python3 - "$O" <<'PY'
