@@ -127,8 +127,9 @@ class Probe:
         t = self.tensors.get("soft.table")
         if t is None:
             return None
-        n, m, _ = t.shape
-        return torch.cat([torch.zeros(n, m, 1), t.float(), torch.full((n, m, 1), math.inf)], -1)
+        n, m, _ = t.shape  # explicit device: vLLM builds models under a default-device (cuda) context
+        return torch.cat([torch.zeros(n, m, 1, device=t.device), t.float(),
+                          torch.full((n, m, 1), math.inf, device=t.device)], -1)
 
     def set_soft_table(self, table, source: str) -> None:
         """Store a ``[L, 2, Q]`` table (from :func:`sedac.runtime.soft.table_from_histograms`)."""

@@ -202,7 +202,8 @@ class SedacRuntime:
 
     def record(self, input_ids, positions, skip) -> None:
         """Keep this step's token ids, positions and decisions (``record: true``; eager only)."""
-        if self.cfg.record and not torch.compiler.is_compiling() and input_ids is not None:
+        if (self.cfg.record and not torch.compiler.is_compiling() and input_ids is not None
+                and not _is_dummy_step()):  # profiling / capture warm-ups are not traffic
             self.decisions.append((input_ids.detach().cpu().clone(), positions.detach().cpu().clone(),
                                    skip.detach().cpu().clone()))  # .cpu() aliases vLLM buffers on CPU
 
