@@ -68,6 +68,12 @@ class SedacRuntime:
         self.widths = [b - a + 1 for a, b in probe.bands]
         dtype = vllm_config.model_config.dtype
         dev = next(model.parameters()).device
+        if self.soft is not None and dev.type == "cuda" and not self.eager:
+            # measured on an H200 (vLLM 0.26): soft mode compiled with CUDA graphs fails at engine start; the eager
+            # path passes the HF-equality and counter tests there. Refuse rather than serve something unverified.
+            raise ConfigError("sedac: mode \"soft\" on CUDA runs eager only in this version (compiled / CUDA-graph "
+                              "soft skip is not verified on GPU yet); start vLLM with enforce_eager=True "
+                              "(`sedac serve ... -- --enforce-eager`)")
         #: row count above which the MLP op computes every row (then nothing is counted as skipped)
         self.dense_above: int | None = None
         if impl == "op" and dev.type == "cuda":
