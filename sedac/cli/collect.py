@@ -8,8 +8,11 @@ import typer
 
 _HELP = """Collect per-token training data for probes: hidden states at --layers, the full model's
 next-token entropy/top-1/NLL and, per --skip-band, counterfactual labels (top-1 kept, NLL change, KL) from
-one extra teacher-forced forward with that band's MLPs skipped for every token. Output: sharded
-safetensors + manifest.json in --out (format: docs/collect.md). Resumable (--resume, default).
+one extra teacher-forced forward with that band's MLPs skipped for every token. Always records per-layer
+magnitude histograms of the MLP inputs (soft_hist.safetensors, for the soft-skip threshold table) and,
+per --soft-level s, the same labels from one extra forward with soft skip at level s in every layer.
+Output: sharded safetensors + manifest.json in --out (format: docs/collect.md). Resumable (--resume,
+default).
 
 Backends: `hf` (default; everything in HF transformers, CPU or GPU). `vllm`: hidden states are captured
 inside the vLLM worker (prefill-only, eager); entropy, top-1, NLL and the band labels cannot come from
@@ -34,6 +37,8 @@ def register(app: typer.Typer) -> None:
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Render prompts with the chat template (default: on in generate mode when the tokenizer has one)."),
         layers: str = typer.Option("20", "--layers", help="Probe layers, comma-separated (residual stream entering layer L)."),
         skip_band: list[str] = typer.Option([], "--skip-band", help="Band A-B (inclusive) for counterfactual labels; repeatable."),
+        soft_level: list[float] = typer.Option([], "--soft-level", help="Soft-skip level s in (0, 1] for "
+                                               "counterfactual labels keep_top1/dnll/kl.soft@s; repeatable."),
         backend: str = typer.Option("hf", "--backend", help="hf, or vllm (hidden states in vLLM; entropy/top-1/labels via HF)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Sequences per forward."),
         shard_tokens: int = typer.Option(65536, "--shard-tokens", help="Flush a shard once it holds this many tokens."),
@@ -48,7 +53,8 @@ def register(app: typer.Typer) -> None:
         cfg = CollectConfig(
             out=out, model=model, dataset=dataset, split=split, field=field, limit=limit, mode=mode,
             max_length=max_length, new_tokens=new_tokens, temperature=temperature, gen_batching=gen_batching,
-            chat=chat, layers=parse_layers(layers), bands=[parse_band(b) for b in skip_band], backend=backend,
+            chat=chat, layers=parse_layers(layers), bands=[parse_band(b) for b in skip_band],
+            soft_levels=list(soft_level), backend=backend,
             batch_size=batch_size, shard_tokens=shard_tokens, dtype=dtype, device=device, seed=seed, resume=resume,
         )
         m = collect(cfg)

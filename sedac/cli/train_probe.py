@@ -17,6 +17,10 @@ def register(app: typer.Typer) -> None:
                                             "Required unless --evaluate."),
         band: Optional[list[str]] = typer.Option(None, "--band", help="Skip band A-B (repeatable); default: all "
                                                  "bands in the manifest."),
+        soft_level: Optional[float] = typer.Option(None, "--soft-level", help="Train the safety head on the "
+                                                   "soft-skip label keep_top1.soft@S (collected with `sedac collect "
+                                                   "--soft-level S`) instead of --band; the probe's band becomes "
+                                                   "[layer, last layer]."),
         target: str = typer.Option("safety", "--target", help="safety | entropy | both"),
         head: str = typer.Option("linear", "--head", help="linear | lowrank"),
         rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the low-rank head (default 16)."),
@@ -56,8 +60,8 @@ def register(app: typer.Typer) -> None:
         if layer is None:
             raise ConfigError("--layer is required (the probe layer to train on)")
         cfg = TrainProbeConfig(
-            data=[str(d) for d in data], layer=layer, bands=band or None, target=target, head=head, rank=rank,
-            out=str(out), seed=seed, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+            data=[str(d) for d in data], layer=layer, bands=band or None, soft_level=soft_level, target=target,
+            head=head, rank=rank, out=str(out), seed=seed, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, val_fraction=val_fraction, patience=patience, score_target=score_target,
             entropy_loss=entropy_loss, compare=compare, max_hidden_gib=max_hidden_gib, accelerator=accelerator,
             progress=progress,

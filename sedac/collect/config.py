@@ -35,6 +35,7 @@ class CollectConfig:
     chat: bool | None = None  #: --chat/--no-chat: render prompts with the chat template (None: auto)
     layers: list[int] = _field(default_factory=lambda: [20])  #: --layers: probe layers (residual entering L)
     bands: list[tuple[int, int]] = _field(default_factory=list)  #: --skip-band A-B (repeatable)
+    soft_levels: list[float] = _field(default_factory=list)  #: --soft-level s (repeatable): soft-skip labels
     backend: str = "hf"  #: --backend: "hf" or "vllm" (hidden states in vLLM, labels in HF)
     batch_size: int = 4  #: --batch-size: sequences per forward
     shard_tokens: int = 65536  #: --shard-tokens: flush a shard once it holds at least this many tokens
@@ -76,6 +77,15 @@ class CollectConfig:
                 raise ConfigError(f"--skip-band {a}-{b}: need 0 <= FIRST <= LAST")
         if len(set(self.bands)) != len(self.bands):
             raise ConfigError("--skip-band: the same band is given twice")
+        levels = []
+        for s in self.soft_levels:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < float(s) <= 1.0:
+                raise ConfigError(f"--soft-level must be a number in (0, 1], got {s!r}")
+            levels.append(float(s))
+        names = [f"{s:g}" for s in levels]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--soft-level: the same level is given twice ({', '.join(names)})")
+        self.soft_levels = sorted(levels)
 
     def validate_model(self, num_layers: int) -> None:
         """Check layers and bands against the model's layer count (named flags in errors)."""

@@ -3,7 +3,10 @@
 :func:`token_features` runs one full forward (hidden states captured by pre-hooks at the probe
 layers, logits -> entropy/top-1/NLL) plus, per skip band, ONE extra forward with every token's band
 MLPs skipped (:func:`sedac.runtime.hf.install` with ``SkipConfig(mode="always")``), giving the
-counterfactual labels keep_top1 / dnll / kl. See docs/collect.md for what those labels approximate.
+counterfactual labels keep_top1 / dnll / kl. With a :class:`sedac.collect.soft.SoftCollector` the
+main forward also records the MLP-input magnitude histograms, and each soft level adds ONE forward
+with uniform soft skip (:func:`sedac.runtime.hf_soft.install_soft`), giving ``*.soft@<s>`` labels.
+See docs/collect.md for what those labels approximate.
 """
 
 from __future__ import annotations
@@ -61,22 +64,33 @@ def _pad_right(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def token_features(model, parts: ModelParts, seqs: list[list[int]], layers: list[int],
-                   bands: list[tuple[int, int]], pad_id: int, want_hidden: bool = True) -> list[dict[str, torch.Tensor]]:
+                   bands: list[tuple[int, int]], pad_id: int, want_hidden: bool = True,
+                   soft=None) -> list[dict[str, torch.Tensor]]:
     """Per-sequence feature dicts (CPU tensors, shard dtypes) for a batch of token sequences.
 
     Keys: ``hidden.{L}`` (when ``want_hidden``), entropy, top1, target, nll, pos and, per band,
     keep_top1/dnll/kl. Padding (right side) never reaches a real position (causal mask).
+    ``soft`` (a :class:`sedac.collect.soft.SoftCollector`): record this batch's histogram into
+    ``soft.new_batch()`` during the main forward and add keep_top1/dnll/kl per ``soft.levels``
+    (the caller ends the batch with ``soft.end_batch()``).
     """
     from sedac.runtime.hf import install
 
     dev = next(model.parameters()).device
     ids, mask = _pad_right(seqs, pad_id, dev)
     cap = HiddenCapture(parts, layers) if want_hidden else None
+    hooks = None
+    if soft is not None:
+        from sedac.collect.soft import HistogramHooks
+
+        hooks = HistogramHooks(parts, soft.new_batch(), mask.bool())
     try:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     finally:
         if cap is not None:
             cap.remove()
+        if hooks is not None:
+            hooks.remove()
     # Bandwidth-lean statistics (each pass over [B, T, V] costs as much as a good part of the forward):
     # p = softmax(x) is the only [B, T, V] tensor written; with m = argmax x,
     # lse = x_m - log p_m, H = lse - <p, x>, NLL(y) = lse - x_y, and for skipped logits s:
@@ -107,10 +121,8 @@ def token_features(model, parts: ModelParts, seqs: list[list[int]], layers: list
             for L in layers:
                 f[f"hidden.{L}"] = cap.out[L][i, :n].to(torch.float16)
         feats.append(f)
-    for band in bands:
-        name = f"{band[0]}-{band[1]}"
-        with install(model, band_probe(parts.fingerprint, band), SkipConfig(mode="always")):
-            s_all = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def counterfactual(name: str, s_all: torch.Tensor) -> None:
         s_all = s_all.float()
         for i, n in enumerate(lens):
             s_i = s_all[i, :n]  # [n, V]
@@ -120,7 +132,19 @@ def token_features(model, parts: ModelParts, seqs: list[list[int]], layers: list
             f[f"keep_top1.{name}"] = (s_i.argmax(-1) == top1[i, :n]).to(torch.uint8)
             f[f"dnll.{name}"] = (lse_s - s_tgt) - f["nll"]  # NaN where target == -1
             f[f"kl.{name}"] = (-f["entropy"] - torch.linalg.vecdot(p[i, :n], s_i) + lse_s).clamp_min(0)
-        del s_all
+
+    for band in bands:
+        with install(model, band_probe(parts.fingerprint, band), SkipConfig(mode="always")):
+            counterfactual(f"{band[0]}-{band[1]}", model(input_ids=ids, attention_mask=mask, use_cache=False).logits)
+    if soft is not None and soft.levels:
+        from sedac.collect.soft import soft_key
+        from sedac.runtime.hf_soft import install_soft
+        from sedac.runtime.soft import SoftParams
+
+        table = soft.label_table()
+        for level in soft.levels:
+            with install_soft(model, SoftParams(family="uniform", lam=level), table):
+                counterfactual(soft_key(level), model(input_ids=ids, attention_mask=mask, use_cache=False).logits)
     return [{k: v.cpu() for k, v in f.items()} for f in feats]
 
 

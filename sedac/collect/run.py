@@ -8,6 +8,13 @@ Contract:
 * Each shard is written atomically (temp file + ``os.replace``) and the manifest is rewritten after
   it; on resume, sequences in shards the manifest lists are skipped, stray later shard files are
   ignored and overwritten, and the data-defining config, model and dataset fingerprints must match.
+* The MLP-input magnitude histogram (:mod:`sedac.collect.soft`) is a running sum over the batches of
+  the flushed shards: after shard ``k`` is written, the sum through shard ``k`` goes to a new file
+  ``soft_hist-<k+1>.safetensors``, then the manifest naming it (with its sha256) is written, then the
+  previous file is deleted. A resumed run restarts from the sum the manifest names, so it adds
+  exactly the batches an uninterrupted run adds after that point; at the end the sum is written to
+  ``soft_hist.safetensors`` and the numbered files are removed. The soft-label table is fixed by the
+  first batch, written to ``soft_label_table.safetensors`` and reloaded (never recomputed) on resume.
 * With ``SOURCE_DATE_EPOCH`` set, shards and manifest are byte-identical across runs with the same
   inputs (provenance timestamps honour it; nothing else depends on time or paths).
 """
@@ -40,7 +47,10 @@ def _check_resume(m: dict[str, Any], cfg_json: dict, model_fp: dict, data_fp: st
 
 
 def _clear(out: Path) -> None:
-    for p in list(out.glob("shard-*.safetensors")) + [out / "manifest.json"]:
+    from sedac.collect.soft import LABEL_TABLE_FILE
+
+    for p in (list(out.glob("shard-*.safetensors")) + list(out.glob("soft_hist*.safetensors"))
+              + [out / LABEL_TABLE_FILE, out / "manifest.json"]):
         if p.exists():
             p.unlink()
 
@@ -90,6 +100,7 @@ def collect(cfg: CollectConfig, vllm_engine: Any = None) -> dict[str, Any]:
         "provenance": provenance(None, backend=cfg.backend, torch_version=torch.__version__,
                                  n_sequences_total=len(seqs)),
     }
+    soft = _soft_state(cfg, parts.num_layers, m if shards else None, manifest, out)
 
     vhid = vllm_engine if cfg.backend == "vllm" else None
     own_engine = vhid is None and cfg.backend == "vllm"
@@ -100,23 +111,57 @@ def collect(cfg: CollectConfig, vllm_engine: Any = None) -> dict[str, Any]:
     if vhid is not None and list(vhid.layers) != cfg.layers:
         raise ConfigError(f"the vLLM engine captures layers {vhid.layers}, the config asks for {cfg.layers}")
     try:
-        _loop(cfg, model, tok, parts, seqs, start, shards, manifest, vhid)
+        _loop(cfg, model, tok, parts, seqs, start, shards, manifest, vhid, soft)
     finally:
         if own_engine:
             vhid.close()
+    from sedac.collect.soft import stale_hist_files, write_hist
+
     manifest["n_tokens"] = sum(s["n_tokens"] for s in shards)
     manifest["n_sequences"] = sum(s["n_sequences"] for s in shards)
+    manifest["soft_hist"] = write_hist(out, soft.total.counts, len(shards), final=True)
     manifest["complete"] = True
     write_manifest(out, manifest)
+    for p in stale_hist_files(out, manifest["soft_hist"]["file"]):
+        p.unlink()
     return manifest
 
 
-def _loop(cfg: CollectConfig, model, tok, parts, seqs, start: int, shards: list, manifest: dict, vhid) -> None:
+def _soft_state(cfg: CollectConfig, num_layers: int, m: dict | None, manifest: dict, out: Path):
+    """The run's :class:`SoftCollector`, restored from the manifest ``m`` of a resumed partial run."""
+    from sedac.collect.soft import SoftCollector, read_hist, read_label_table
+
+    total = table = None
+    if m is not None:
+        total = read_hist(out, m)
+        if total is None:
+            raise ConfigError(f"{out} was collected without magnitude histograms (older sedac); "
+                              "use another --out, or --no-resume to overwrite it")
+        manifest["soft_hist"] = m["soft_hist"]
+        if cfg.soft_levels:
+            table = read_label_table(out, m)
+            if table is None:
+                raise ConfigError(f"{out} lacks the soft-label table; use --no-resume to start over")
+            manifest["soft_labels"] = m["soft_labels"]
+    if cfg.soft_levels and "soft_labels" not in manifest:
+        from sedac.collect.soft import soft_key
+
+        manifest["soft_labels"] = {
+            "levels": list(cfg.soft_levels), "names": [soft_key(s) for s in cfg.soft_levels],
+            "params": {"family": "uniform", "a_x": 1.0, "a_h": 1.0},
+            "table_from": f"histogram of the first batch (sequences 0..{cfg.batch_size - 1})",
+        }
+    return SoftCollector(num_layers, cfg.soft_levels, total=total, table=table)
+
+
+def _loop(cfg: CollectConfig, model, tok, parts, seqs, start: int, shards: list, manifest: dict, vhid,
+          soft) -> None:
     """Process batches from sequence ``start`` on, flushing shards (see module doc)."""
     import torch
 
     from sedac.collect import hf as H
     from sedac.collect.progress import Progress
+    from sedac.collect.soft import stale_hist_files, write_hist, write_label_table
 
     out = cfg.out_path
 
@@ -132,7 +177,10 @@ def _loop(cfg: CollectConfig, model, tok, parts, seqs, start: int, shards: list,
         shards.append(entry)
         manifest["n_tokens"] = sum(s["n_tokens"] for s in shards)
         manifest["n_sequences"] = sum(s["n_sequences"] for s in shards)
+        manifest["soft_hist"] = write_hist(out, soft.total.counts, len(shards), final=False)
         write_manifest(out, manifest)
+        for p in stale_hist_files(out, manifest["soft_hist"]["file"]):
+            p.unlink()
         pending, pending_tokens = [], 0
         if cfg.fail_after_shards is not None and len(shards) >= cfg.fail_after_shards:
             raise SimulatedInterruption(f"simulated interruption after {len(shards)} shards")
@@ -150,7 +198,11 @@ def _loop(cfg: CollectConfig, model, tok, parts, seqs, start: int, shards: list,
                     conts = [H.generate(model, tok, [p], cfg.new_tokens, cfg.temperature, cfg.seed + b0 + j)[0]
                              for j, p in enumerate(ids)]
                 ids = [(p + c)[: cfg.max_length] for p, c in zip(ids, conts)]
-            feats = H.token_features(model, parts, ids, cfg.layers, cfg.bands, pad, want_hidden=vhid is None)
+            feats = H.token_features(model, parts, ids, cfg.layers, cfg.bands, pad, want_hidden=vhid is None,
+                                     soft=soft)
+            soft.end_batch()
+            if soft.table is not None and "table" not in manifest["soft_labels"]:
+                manifest["soft_labels"]["table"] = write_label_table(out, soft.table)
             if vhid is not None:
                 for f, h in zip(feats, vhid.hidden(ids)):
                     f.update(h)

@@ -6,7 +6,11 @@ Contract
   ``sedac-shards`` v1). All directories must share the model fingerprint and must all contain the
   requested probe layer and skip bands.
 * Every token position of every sequence is one example: ``hidden.{L}`` (the residual stream
-  entering layer ``L``), the true final entropy (nats) and, per band, ``keep_top1.A-B``.
+  entering layer ``L``), the true final entropy (nats) and, per band, ``keep_top1.A-B`` — or, with
+  ``soft_level=s``, the one label ``keep_top1.soft@s`` (the probe's band is then ``[L, num_layers-1]``,
+  the layers a probe at ``L`` controls).
+* The MLP-input magnitude histograms of the directories (``soft_hist.safetensors``) are summed into
+  ``ProbeData.soft_counts`` when every directory has one (else None).
 * **Split by sequence, never by token.** A sequence is ``(directory index, seq_id)``; the unique
   sequences are permuted with a generator seeded by ``seed`` and the first
   ``ceil(val_fraction * n_seqs)`` form the validation split. A sequence's tokens are therefore all
@@ -77,6 +81,8 @@ class ProbeData:
     bands: list[list[int]]
     model_fingerprint: dict[str, Any]
     data_fingerprints: list[dict[str, Any]] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)  #: suffix of each keep column ("A-B" or "soft@s")
+    soft_counts: Any = None  #: [L, 2, N_BINS] float64 summed magnitude histograms, or None
 
     @property
     def n_tokens(self) -> int:
@@ -84,11 +90,12 @@ class ProbeData:
 
 
 def load_probe_data(dirs: list[str | Path], layer: int, bands: list[list[int]] | None,
-                    max_hidden_gib: float = 8.0) -> ProbeData:
-    """Load ``hidden.{layer}``, entropy and ``keep_top1`` per band from every directory.
+                    max_hidden_gib: float = 8.0, soft_level: float | None = None) -> ProbeData:
+    """Load ``hidden.{layer}``, entropy and ``keep_top1`` per band (or of ``soft_level``) from every directory.
 
     ``bands=None`` means every band in the first manifest. Raises :class:`DataError` for a missing
-    directory, empty shards, a layer/band that was not collected, or mismatched model fingerprints.
+    directory, empty shards, a layer/band/soft level that was not collected, or mismatched model
+    fingerprints.
     """
     import torch
 
@@ -102,11 +109,26 @@ def load_probe_data(dirs: list[str | Path], layer: int, bands: list[list[int]] |
             raise DataError(f"--data {d}: collected from a different model than {dirs[0]}: "
                             + "; ".join(x.replace("probe has", "this dir has").replace("model has", "first has")
                                         for x in diffs))
-    if bands is None:
-        bands = [list(map(int, b)) for b in manifests[0]["bands"]]
+    n_layers = int(fp0.get("num_layers") or 0)
+    if soft_level is not None:
+        from sedac.collect.soft import soft_key
+
+        if not n_layers or layer >= n_layers:
+            raise DataError(f"--soft-level needs a probe --layer below the model's {n_layers} layers, got {layer}")
+        bands, label_names = [[layer, n_layers - 1]], [soft_key(soft_level)]
+    else:
+        if bands is None:
+            bands = [list(map(int, b)) for b in manifests[0]["bands"]]
+        label_names = [band_name(b) for b in bands]
     for d, m in zip(dirs, manifests):
         if layer not in [int(x) for x in m["layers"]]:
             raise DataError(f"--layer {layer} was not collected in {d} (collected layers: {m['layers']})")
+        if soft_level is not None:
+            have_soft = (m.get("soft_labels") or {}).get("names", [])
+            if label_names[0] not in have_soft:
+                raise DataError(f"--soft-level {soft_level:g} was not collected in {d} (collected soft levels: "
+                                f"{', '.join(x.removeprefix('soft@') for x in have_soft) or 'none'})")
+            continue
         have = {band_name(b) for b in m["bands"]}
         for b in bands:
             if band_name(b) not in have:
@@ -118,7 +140,7 @@ def load_probe_data(dirs: list[str | Path], layer: int, bands: list[list[int]] |
         raise DataError(f"{n_total} tokens x d={d_model} need {gib:.1f} GiB of float16 hidden states, above "
                         f"--max-hidden-gib {max_hidden_gib}; use fewer/smaller --data directories or raise it")
 
-    keys = [f"hidden.{layer}", "entropy", "seq_id"] + [f"keep_top1.{band_name(b)}" for b in bands]
+    keys = [f"hidden.{layer}", "entropy", "seq_id"] + [f"keep_top1.{n}" for n in label_names]
     parts: dict[str, list] = {k: [] for k in ("hidden", "entropy", "keep", "seq_key")}
     for di, (d, m) in enumerate(zip(dirs, manifests)):
         for s in m["shards"]:
@@ -131,7 +153,7 @@ def load_probe_data(dirs: list[str | Path], layer: int, bands: list[list[int]] |
                                 f"expected [T, {d_model}]")
             parts["hidden"].append(h.to(torch.float16))
             parts["entropy"].append(t["entropy"].to(torch.float32))
-            parts["keep"].append(torch.stack([t[f"keep_top1.{band_name(b)}"].to(torch.float32) for b in bands], 1))
+            parts["keep"].append(torch.stack([t[f"keep_top1.{n}"].to(torch.float32) for n in label_names], 1))
             parts["seq_key"].append(t["seq_id"].to(torch.int64) + (di << 40))
     if not parts["hidden"]:
         raise DataError(f"--data {', '.join(map(str, dirs))}: the shards hold no tokens")
@@ -143,10 +165,23 @@ def load_probe_data(dirs: list[str | Path], layer: int, bands: list[list[int]] |
                             "n_tokens": m.get("n_tokens"), "n_sequences": m.get("n_sequences"),
                             "shards_sha256": [s.get("sha256") for s in m["shards"]]}
                            for d, m in zip(dirs, manifests)],
+        label_names=label_names, soft_counts=_soft_counts(dirs, manifests),
     )
     if not torch.isfinite(data.entropy).all():
         raise DataError("entropy contains NaN/Inf in the shards")
     return data
+
+
+def _soft_counts(dirs, manifests):
+    """Sum of the directories' magnitude histograms, or None unless every directory has one."""
+    from sedac.collect.soft import read_hist
+
+    counts = [read_hist(d, m) for d, m in zip(dirs, manifests)]
+    if any(c is None for c in counts):
+        return None
+    if len({tuple(c.shape) for c in counts}) != 1:
+        raise DataError("--data: the directories' soft_hist.safetensors have different shapes")
+    return sum(counts[1:], counts[0].clone())
 
 
 def split_by_sequence(seq_key, val_fraction: float, seed: int):

@@ -6,6 +6,12 @@ Pipeline (:func:`train_probe`): load shards (:mod:`sedac.probes.datamodule`) -> 
 restore the best epoch -> final validation metrics + the skip-score comparison
 (:func:`skip_comparison`) -> ``probe.safetensors`` via :class:`sedac.probes.Probe`.
 
+Labels: per band ``keep_top1.A-B`` (``--band``), or the soft-skip label ``keep_top1.soft@s``
+(``--soft-level s``; the probe's band is then ``[layer, num_layers - 1]``, the layers a probe at
+``layer`` controls, and ``training.label = "soft@s"``). When every data directory carries
+magnitude histograms (``soft_hist.safetensors``), their sum becomes the probe's soft-skip table
+(:func:`sedac.runtime.soft.table_from_histograms`, ``soft.source = "collect"``) for any label.
+
 Determinism: ``seed_everything(seed)``, ``deterministic=True``, ``num_workers=0``, a seeded
 sampler; with ``SOURCE_DATE_EPOCH`` set, a rerun writes a byte-identical probe (tested).
 """
@@ -43,6 +49,7 @@ class TrainProbeConfig:
     data: list[str]  #: --data: shard directories (same model fingerprint and layer)
     layer: int  #: --layer: probe layer (residual stream entering this decoder layer)
     bands: list[str] | None = None  #: --band A-B (repeatable); None = every band in the manifest
+    soft_level: float | None = None  #: --soft-level s: train on keep_top1.soft@s instead of bands
     target: str = "safety"  #: --target: safety | entropy | both
     head: str = "linear"  #: --head: linear | lowrank
     rank: int | None = None  #: --rank: low-rank head rank (default 16 for lowrank)
@@ -72,6 +79,13 @@ class TrainProbeConfig:
             for name in self.bands or []:
                 if parse_band(name)[0] < self.layer:
                     raise ConfigError(f"--band {name} starts before --layer {self.layer} (bands need A >= layer)")
+        if self.soft_level is not None:
+            if self.bands is not None:
+                raise ConfigError("--soft-level and --band are alternatives; give one of them")
+            s = self.soft_level
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < float(s) <= 1.0:
+                raise ConfigError(f"--soft-level must be a number in (0, 1], got {s!r}")
+            self.soft_level = float(s)
         if self.target not in ("safety", "entropy", "both"):
             raise ConfigError(f"--target must be safety, entropy or both, got {self.target!r}")
         if self.head not in ("linear", "lowrank"):
@@ -221,7 +235,7 @@ def train_probe(cfg: TrainProbeConfig, console=None) -> TrainResult:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     bands = [parse_band(b) for b in cfg.bands] if cfg.bands else None
-    data = load_probe_data(cfg.data, cfg.layer, bands, cfg.max_hidden_gib)
+    data = load_probe_data(cfg.data, cfg.layer, bands, cfg.max_hidden_gib, soft_level=cfg.soft_level)
     bands = data.bands
     n_layers = int(data.model_fingerprint.get("num_layers") or 0)
     for b in bands:
@@ -241,6 +255,7 @@ def train_probe(cfg: TrainProbeConfig, console=None) -> TrainResult:
     meta = ProbeMeta(model_fingerprint=data.model_fingerprint, layer=cfg.layer, bands=bands, head=cfg.head,
                      rank=cfg.rank, targets=cfg.targets, score_target=cfg.score_target)
     band_names = [f"{a}-{b}" for a, b in bands]
+    label_names = data.label_names
     init_bias = []
     if "entropy" in cfg.targets:
         init_bias.append(e_tr.mean())
@@ -259,9 +274,10 @@ def train_probe(cfg: TrainProbeConfig, console=None) -> TrainResult:
     metrics = nan_to_none({k: float(v) for k, v in module.compute_val_metrics().items()})
     comparison = {}
     if cfg.compare:
-        comparison = skip_comparison(probe_eval_scores(meta.outputs, band_names, out_va, e_va), k_va, band_names)
+        comparison = skip_comparison(probe_eval_scores(meta.outputs, band_names, out_va, e_va), k_va, label_names)
 
     meta.training = {
+        "label": label_names[0] if cfg.soft_level is not None else "band",
         "metrics": metrics, "comparison": comparison,
         "n_train_tokens": int(h_tr.shape[0]), "n_val_tokens": int(h_va.shape[0]),
         "n_train_seqs": n_train_seqs, "n_val_seqs": n_val_seqs,
@@ -269,10 +285,14 @@ def train_probe(cfg: TrainProbeConfig, console=None) -> TrainResult:
         "best_epoch": best_epoch, "epochs_run": epochs_run,
         "loss": {"entropy": cfg.entropy_loss if "entropy" in cfg.targets else None,
                  "safety": "bce" if "safety" in cfg.targets else None},
-        "train_keep_rate": {n: float(k_tr[:, j].mean()) for j, n in enumerate(band_names)},
+        "train_keep_rate": {n: float(k_tr[:, j].mean()) for j, n in enumerate(label_names)},
     }
     meta.provenance = provenance(cfg, data_fingerprints=data.data_fingerprints)
     probe = Probe(meta, module.net.probe_tensors())
+    if data.soft_counts is not None:
+        from sedac.runtime.soft import table_from_histograms
+
+        probe.set_soft_table(table_from_histograms(data.soft_counts), "collect")
     path = probe.save(cfg.out)
     result = TrainResult(path=path, probe=probe, metrics=metrics, comparison=comparison, training=meta.training,
                          module=module)
@@ -419,7 +439,12 @@ def evaluate_probes(data: list[str], probes: list[str], seed: int = 0, val_fract
             raise ConfigError(f"--evaluate {path}: trained with --seed {split.get('seed')} --val-fraction "
                               f"{split.get('val_fraction')}; pass the same values so validation tokens are unseen")
     bands = loaded[0].meta.bands
-    d = load_probe_data(data, layer, bands, max_hidden_gib)
+    labels = {str(p.meta.training.get("label", "band")) for p in loaded}
+    if len(labels) != 1:
+        raise ConfigError(f"--evaluate: the probes were trained on different labels ({', '.join(sorted(labels))})")
+    label = labels.pop()
+    soft_level = float(label.removeprefix("soft@")) if label.startswith("soft@") else None
+    d = load_probe_data(data, layer, None if soft_level is not None else bands, max_hidden_gib, soft_level=soft_level)
     for path, p in zip(probes, loaded):
         p.check_model(d.model_fingerprint)
     val = split_by_sequence(d.seq_key, val_fraction, seed)
@@ -429,4 +454,4 @@ def evaluate_probes(data: list[str], probes: list[str], seed: int = 0, val_fract
     for path, p in zip(probes, loaded):
         out = p.outputs(h)
         scores.update(probe_eval_scores(p.meta.outputs, names, out, e, prefix=f"{Path(path).name}: "))
-    return skip_comparison(scores, k, names)
+    return skip_comparison(scores, k, d.label_names)
