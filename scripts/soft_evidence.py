@@ -5,7 +5,7 @@
 Steps (each a plain `sedac` command, printed before it runs, so any step can be re-run alone):
   1. collect  -- the 70 built-in prompts, generate mode: hidden states at --layer, soft-skip labels at
                  --soft-label and the MLP-input magnitude histograms (the soft threshold table);
-  2. train-probe --soft-level S -- the probe that sets each token's soft level (band = layer..last);
+  2. train-probe --soft-level S --target T -- the probe that sets each token's soft level (band = layer..last);
   3. calibrate on builtin-tasks (disjoint from the 70 prompts), generate mode, eps = delta = 0.05:
                  static-token (whole-MLP skip of the probe's band, for comparison), soft-uniform (no probe)
                  and soft-probe, each certified separately by Learn-then-Test on the calibration part;
@@ -43,7 +43,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="sedac-soft-evidence", help="scratch folder (shards, probes)")
     ap.add_argument("--layer", type=int, default=12, help="probe layer (the probe controls layers >= it)")
-    ap.add_argument("--soft-label", type=float, default=0.2, help="soft level of the probe's training label")
+    ap.add_argument("--soft-label", type=float, default=0.2, help="soft level of the probe's band (and of the soft "
+                    "labels collected beside it)")
+    ap.add_argument("--target", default="entropy", help="probe target: entropy (score = -predicted final entropy; "
+                    "on generated tokens true entropy predicts soft-skip safety better than the soft-label probe "
+                    "does, docs/soft.md) or safety (the soft@S label)")
     ap.add_argument("--n-sequences", type=int, default=232, help="calibration + test sequences (builtin-tasks: 240)")
     ap.add_argument("--grid-sequences", type=int, default=8)
     ap.add_argument("--test-fraction", type=float, default=0.25)
@@ -59,7 +63,7 @@ def main() -> None:
     _sedac(["collect", "--dataset", "builtin", "--mode", "generate", "--new-tokens", "64", "--layers", str(a.layer),
             "--soft-level", str(a.soft_label), "--out", str(w / "shards")])
     _sedac(["train-probe", "--data", str(w / "shards"), "--layer", str(a.layer), "--soft-level", str(a.soft_label),
-            "--out", str(w / "probe.safetensors")])
+            "--target", a.target, "--out", str(w / "probe.safetensors")])
     report = EVIDENCE / "soft-skip-smollm2"
     _sedac(["calibrate", "--probe", str(w / "probe.safetensors"), "--data", "builtin-tasks", "--mode", "generate",
             "--new-tokens", "32", "--max-length", "256", "--epsilon", str(a.epsilon), "--delta", str(a.delta),
@@ -80,7 +84,8 @@ def main() -> None:
     out = {"epsilon": a.epsilon, "delta": a.delta, "bound": a.bound, "policies": pol,
            "n_calibration_units": c0["n_units"], "n_test_units": c0["split"]["test_units"],
            "data": "builtin-tasks, generate mode, 32 greedy tokens, teacher-forced top-1 disagreement per sequence",
-           "probe": {"layer": a.layer, "label": f"soft@{a.soft_label}", "trained_on": "builtin (70 prompts)"},
+           "probe": {"layer": a.layer, "target": a.target, "band_label": f"soft@{a.soft_label}",
+                     "trained_on": "builtin (70 prompts)"},
            "model": "smollm2-135m-instruct (float32, CPU)",
            "command": "python scripts/soft_evidence.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
            "wall_s": round(time.time() - t0)}
