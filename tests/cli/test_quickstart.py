@@ -1,5 +1,5 @@
-"""`sedac quickstart` orchestration (steps, printed commands, certified/uncertified bench matrix) with the
-step subprocesses faked; the real run is timed in the closing note (≈15 min, too long for CI)."""
+"""`sedac quickstart` orchestration (steps, printed commands, certified/uncertified bench matrix, data split)
+with the step subprocesses faked; tests/cli/test_quickstart_real.py runs a small real pipeline."""
 
 from __future__ import annotations
 
