@@ -35,10 +35,14 @@ class PromptSet:
     split: str = "train"  #: dataset split (hub datasets / parquet)
     n: int = 16  #: number of prompts (first n, after dropping empty ones)
     chat: bool = True  #: render each prompt with the model's chat template
+    shuffle_seed: int | None = None  #: shuffle the records first, in the order `sedac calibrate --seed` draws them
+    skip: int = 0  #: drop the first `skip` records (after shuffling), e.g. those a calibration run used
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ConfigError(f"prompts.n must be >= 1, got {self.n}")
+        if self.skip < 0:
+            raise ConfigError(f"prompts.skip must be >= 0, got {self.skip}")
 
 
 @dataclass

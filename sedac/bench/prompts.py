@@ -3,10 +3,17 @@
 Sources: ``builtin`` (the team-written prompts in ``sedac/data/builtin_prompts.jsonl``), a local
 ``.jsonl/.json/.txt/.parquet`` file, or a hub dataset id. Chat records (``turns``: first user turn;
 ``messages``: as given) are rendered with the model's chat template when ``chat`` is set.
+
+Which records: file order, or with ``shuffle_seed`` the order in which ``sedac calibrate --seed``
+draws its generate-mode units (:func:`record_order`); ``skip`` then drops the first records. A bench
+on ``source = --data``, ``shuffle_seed = --seed``, ``skip = --grid-sequences + --n-sequences`` runs on
+prompts of the calibration distribution that calibration never used (tests/bench/test_prompts.py
+checks the two orders agree). The row indices used are recorded (:func:`describe`).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from sedac.bench.config import PromptSet
@@ -20,28 +27,52 @@ def _records(source: str, field: str | None, split: str):
     return ds, pick_field(list(ds.column_names), field, source)
 
 
-def prompt_messages(ps: PromptSet) -> list[list[dict[str, str]]]:
-    """The first ``ps.n`` non-empty prompts as chat message lists (one user turn for plain text)."""
+def record_order(n_records: int, seed: int | None) -> list[int]:
+    """Row indices in the order prompts are taken: file order, or (``seed`` set) shuffled exactly as
+    :func:`sedac.calibration.data.load_cal_sequences` shuffles its generate-mode prompts
+    (``random.Random(seed).shuffle`` over one entry per record; the permutation depends only on
+    the seed and the number of records)."""
+    order = list(range(n_records))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def _messages(value) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}] if value.strip() else []
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [{"role": "user", "content": value[0]}]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        msgs = [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in value]
+        while msgs and msgs[-1]["role"] != "user":
+            msgs.pop()
+        return msgs
+    return []
+
+
+def select_prompts(ps: PromptSet) -> list[tuple[int, list[dict[str, str]]]]:
+    """``(row index, chat messages)`` of the prompts: records in :func:`record_order`, the first
+    ``ps.skip`` dropped, then the first ``ps.n`` usable ones."""
     ds, f = _records(ps.source, ps.field, ps.split)
-    out: list[list[dict[str, str]]] = []
-    for value in ds[f]:
-        if isinstance(value, str):
-            msgs = [{"role": "user", "content": value}] if value.strip() else []
-        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            msgs = [{"role": "user", "content": value[0]}]
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            msgs = [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in value]
-            while msgs and msgs[-1]["role"] != "user":
-                msgs.pop()
-        else:
-            msgs = []
+    values = list(ds[f])
+    order = record_order(len(values), ps.shuffle_seed)[ps.skip:]
+    out: list[tuple[int, list[dict[str, str]]]] = []
+    for i in order:
+        msgs = _messages(values[i])
         if msgs:
-            out.append(msgs)
+            out.append((i, msgs))
         if len(out) == ps.n:
             break
     if not out:
-        raise DataError(f"prompts.source {ps.source!r}: no usable prompts in field {f!r}")
+        left = f" after skipping {ps.skip} of its {len(values)} records" if ps.skip else ""
+        raise DataError(f"prompts.source {ps.source!r}: no usable prompts in field {f!r}{left}")
     return out
+
+
+def prompt_messages(ps: PromptSet) -> list[list[dict[str, str]]]:
+    """The selected prompts (:func:`select_prompts`) as chat message lists (one user turn for plain text)."""
+    return [m for _, m in select_prompts(ps)]
 
 
 def prompt_token_ids(ps: PromptSet, tokenizer) -> list[list[int]]:
@@ -83,4 +114,6 @@ def corpus_chunks(source: str, field: str | None, tokenizer, n_sequences: int, s
 
 
 def describe(ps: PromptSet) -> dict[str, Any]:
-    return {"source": ps.source, "field": ps.field, "split": ps.split, "n": ps.n, "chat": ps.chat}
+    """The prompt set as recorded in results, with the dataset row indices actually used."""
+    return {"source": ps.source, "field": ps.field, "split": ps.split, "n": ps.n, "chat": ps.chat,
+            "shuffle_seed": ps.shuffle_seed, "skip": ps.skip, "rows": [i for i, _ in select_prompts(ps)]}

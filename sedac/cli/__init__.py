@@ -24,21 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Verb modules, in --help order. A module is listed here only once its command is real.
+# Verb modules, in --help order; each must exist and register a real command.
 COMMAND_MODULES = [
     "models", "collect", "train_probe", "calibrate", "probe", "serve", "bench", "quickstart",
 ]
 
 
 def _register_all() -> None:
+    """Import every verb module and let it register; a listed module that is missing is a broken
+    install (raised, never skipped: ``sedac --help`` must not silently lose a verb)."""
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"sedac.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"sedac.cli.{name}":
-                continue  # verb not built yet
-            raise
-        mod.register(app)
+        importlib.import_module(f"sedac.cli.{name}").register(app)
 
 
 _register_all()

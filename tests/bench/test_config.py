@@ -50,12 +50,37 @@ def test_refuses_global_sedac_env(monkeypatch):
         run_offline(from_dict(OfflineBenchConfig, BASE))
 
 
-def test_unavailable_variants_have_reasons():
-    from sedac.bench.config import SpecSpec, Variant
-    from sedac.bench.offline import unavailable_reason
-
+@pytest.mark.parametrize("installed", [False, True])
+def test_suffix_variant_needs_arctic_inference(monkeypatch, installed):
     import importlib.util
 
-    reason = unavailable_reason(Variant(name="s", speculative=SpecSpec(method="suffix")))
-    assert (reason is None) == (importlib.util.find_spec("arctic_inference") is not None)
-    assert unavailable_reason(Variant(name="v")) is None
+    from sedac.bench import offline
+    from sedac.bench.config import SpecSpec, Variant
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(offline.importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "arctic_inference"
+                        else real(name, *a))
+    reason = offline.unavailable_reason(Variant(name="s", speculative=SpecSpec(method="suffix")))
+    if installed:
+        assert reason is None
+    else:
+        assert reason.startswith("suffix decoding needs arctic-inference") and "pip install sedac[suffix]" in reason
+    assert offline.unavailable_reason(Variant(name="n", speculative=SpecSpec(method="ngram"))) is None
+    assert offline.unavailable_reason(Variant(name="v")) is None
+
+
+def test_sedac_variant_without_certified_thresholds_is_unavailable(tmp_path):
+    from sedac.bench.config import SedacSpec, Variant
+    from sedac.bench.offline import unavailable_reason
+    from sedac.probes import update_calibration
+    from sedac.testing.probes import random_probe
+
+    fp = {"architecture": "LlamaForCausalLM", "hidden_size": 64, "num_layers": 4}
+    path = random_probe(fp, layer=1, bands=[(2, 3)]).save(tmp_path / "p.safetensors")
+    static, dynamic = Variant(name="s", sedac=SedacSpec()), Variant(name="d", sedac=SedacSpec(mode="dynamic"))
+    assert "no certified static/token thresholds" in unavailable_reason(static, str(path))
+    assert unavailable_reason(Variant(name="o", sedac=SedacSpec(threshold=0.5)), str(path)) is None
+    update_calibration(path, {"thresholds": {"static": {"token": {"2-3": 0.7}}}})
+    assert unavailable_reason(static, str(path)) is None
+    assert "no certified dynamic/token thresholds" in unavailable_reason(dynamic, str(path))

@@ -31,10 +31,15 @@ def test_smollm2_offline(smollm2, tmp_path):
     res = run_offline(cfg)
     v = res["variants"]
     assert res["model_fingerprint"]["num_layers"] == 30
-    assert v["vanilla"]["tps"]["median"] > 0 and v["vanilla"]["greedy_vs_baseline"]["identical_fraction"] == 1.0
+    assert v["vanilla"]["tps"]["median"] > 0 and v["vanilla"]["skip"] is None
+    # sedac (random probe, P(safe) >= 0.5 on layers 24-29) moves the served greedy outputs off the real baseline's
+    assert v["ngram+sedac"]["token_ids"] != v["vanilla"]["token_ids"]
+    assert v["ngram+sedac"]["greedy_vs_baseline"]["identical_fraction"] < 1.0
     sk = v["ngram+sedac"]["skip"]["bands"]["24-29"]
     assert 0 < sk["rate"] < 1 and sk["evaluated"] > 0
     assert v["ngram+sedac"]["mlp_savings"]["flops_saved_per_token"] > 0
     q = res["quality"]["variants"]["ngram+sedac"]
-    assert 1 < res["quality"]["baseline"]["ppl"] < 1000 and q["ppl_ratio"] > 0 and q["top1_agreement"] <= 1
+    assert 1 < res["quality"]["baseline"]["ppl"] < 1000
+    assert q["ppl_ratio"] > 1.01 and 0.2 < q["top1_agreement"] < 0.99  # skipping costs quality, measurably
+    assert q["per_layer_skip_rate"][23] == 0 and q["per_layer_skip_rate"][24] > 0  # only the band skips
     assert "ngram+sedac" in markdown(res)

@@ -53,9 +53,10 @@ def test_cli_calibrate_tiny_writes_certificate(tiny_llama, tiny_probe, tmp_path)
     assert certs["static-batch"]["unit"].startswith("group of 2") and certs["static-batch"]["n_units"] == 6
     assert {"epsilon", "delta", "bound", "data_fingerprint", "skip_rate", "test_risk", "resampling"} <= set(c)
     assert cal["provenance"]["git_revision"] and cal["default"]["mode"] in ("static", "dynamic")
-    for mode in ("static", "dynamic"):
-        sc = thresholds_from_probe(p, mode=mode, policy="token")
-        assert sc.mode == mode
+    st, dy = thresholds_from_probe(p, mode="static"), thresholds_from_probe(p, mode="dynamic")  # what serving reads
+    assert st.thresholds == [p.raw_threshold(c["value"])] * len(p.bands)  # the certified grid point, every band
+    d = certs["dynamic-token"]
+    assert [(x.lam, x.ref) for x in dy.dynamic] == [(d["value"], d["dynamic"]["ref"])] * len(p.bands)
     rep_json = json.loads((rep / "report.json").read_text())
     assert rep_json["curves"]["static-token"]["grid"] == sorted(rep_json["curves"]["static-token"]["grid"], reverse=True)
     assert (rep / "risk_vs_skip.png").stat().st_size > 1000 and "| static-token |" in (rep / "report.md").read_text()

@@ -1,5 +1,6 @@
 """The CLI: help lists real commands only, user errors are one line + non-zero exit."""
 
+import re
 import subprocess
 import sys
 import time
@@ -28,13 +29,23 @@ def test_help_has_no_heavy_imports():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_every_registered_command_is_real():
-    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-    assert "models" in names
+VERBS = {"models", "collect", "train-probe", "calibrate", "probe", "serve", "bench", "quickstart"}
+
+
+def test_exactly_the_real_verbs_are_registered_and_listed():
+    names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert sorted(names) == sorted(VERBS) and len(COMMAND_MODULES) == len(VERBS)
     for group in app.registered_groups:
         assert group.typer_instance.registered_commands, f"empty group {group.name}"
-    # every listed module that exists registers something
-    assert len(names) >= 2 and len(COMMAND_MODULES) >= len(names) - 2
+    help_text = run_cli("--help").stdout
+    box = help_text[help_text.index("Commands"):]
+    assert {m.group(1) for m in re.finditer(r"^│ (\S+)\s{2,}", box, flags=re.M)} == VERBS
+
+
+def test_missing_verb_module_is_an_error():
+    code = ("import sedac.cli as c; c.COMMAND_MODULES.append('no_such_verb'); c._register_all()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "sedac.cli.no_such_verb" in proc.stderr
 
 
 def test_corrupt_probe_is_one_line_error(tmp_path):

@@ -1,5 +1,5 @@
-"""`sedac quickstart` orchestration (steps, printed commands, certified/uncertified bench matrix) with the
-step subprocesses faked; the real run is timed in the closing note (≈15 min, too long for CI)."""
+"""`sedac quickstart` orchestration (steps, printed commands, certified/uncertified bench matrix, data split)
+with the step subprocesses faked; tests/cli/test_quickstart_real.py runs a small real pipeline."""
 
 from __future__ import annotations
 
@@ -56,10 +56,27 @@ def test_pipeline_steps(fake_steps, tmp_path, capsys, calibrate_rc, certified):
     names = [v.name for v in recipe.variants]
     assert names[:2] == ["vanilla", "ngram"] and ("sedac-certified" in names) is certified
     assert ("ngram+sedac" in names) is certified and any("UNCERTIFIED" in n for n in names) is not certified
+    # the bench runs on cal_data records calibration never drew (same seed, the next records of its order)
+    assert cal[cal.index("--seed") + 1] == "0" and cal[cal.index("--data") + 1] == "builtin-tasks"
+    used = int(cal[cal.index("--grid-sequences") + 1]) + int(cal[cal.index("--n-sequences") + 1])
+    p = recipe.prompts
+    assert (p.source, p.shuffle_seed, p.skip, p.n) == ("builtin-tasks", 0, used, 8)
+    split = summary["split"]
+    assert split["calibration"]["order_positions"] == [0, used]
+    assert split["bench"]["order_positions"] == [used, used + 8] and len(set(split["bench"]["rows"])) == 8
     err = capsys.readouterr().err
     assert "$ sedac collect" in err and "$ sedac bench offline" in err  # every step's command is printed
     steps = json.loads((tmp_path / "qs" / "quickstart.json").read_text())["steps"]
     assert len(steps) == 6 and all("seconds" in s for s in steps)
+
+
+def test_split_that_does_not_fit_is_refused_before_any_step(fake_steps, tmp_path):
+    from sedac.quickstart import run_quickstart
+
+    calls, _ = fake_steps
+    with pytest.raises(SedacError, match="has 240 records"):
+        run_quickstart(QuickstartConfig(work_dir=str(tmp_path / "qs"), cal_sequences=230))
+    assert calls == []
 
 
 def test_failed_step_names_the_command(fake_steps, tmp_path):
