@@ -65,13 +65,16 @@ def heldout_prompts(cfg: QuickstartConfig) -> dict[str, Any]:
 
 def sedac_variants(cfg: QuickstartConfig, certified: bool, ngram: dict[str, Any]) -> list[dict[str, Any]]:
     """The sedac rows of the bench matrix (add new sedac settings here)."""
+    # soft skip (docs/soft.md): listed as unavailable, with the reason, when soft-uniform was not certified
+    soft = ([{"name": "sedac-soft-uniform", "sedac": {"mode": "soft", "policy": "token", "soft_family": "uniform"}}]
+            if cfg.soft_levels else [])
     if certified:
         return [{"name": "sedac-certified", "sedac": {"mode": "static", "policy": "token"}},
-                {"name": "ngram+sedac", "sedac": {"mode": "static", "policy": "token"}, "speculative": ngram}]
+                {"name": "ngram+sedac", "sedac": {"mode": "static", "policy": "token"}, "speculative": ngram}] + soft
     if cfg.demo_threshold is not None:
         return [{"name": f"sedac-p{cfg.demo_threshold:g}-UNCERTIFIED",
-                 "sedac": {"mode": "static", "policy": "token", "threshold": cfg.demo_threshold}}]
-    return []
+                 "sedac": {"mode": "static", "policy": "token", "threshold": cfg.demo_threshold}}] + soft
+    return soft
 
 
 def bench_recipe(cfg: QuickstartConfig, probe: Path | None, certified: bool, out_dir: Path) -> dict[str, Any]:
@@ -142,7 +145,9 @@ def run_quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
            "--max-epochs", str(cfg.max_epochs), "--no-progress"], log)
     rc = _step(5, total, f"calibrate (epsilon={cfg.epsilon:g}, delta={cfg.delta:g})",
                ["calibrate", *common, "--probe", str(probe), "--data", cfg.cal_data, "--mode", "generate",
-                "--epsilon", str(cfg.epsilon), "--delta", str(cfg.delta), "--policies", "static-token",
+                "--epsilon", str(cfg.epsilon), "--delta", str(cfg.delta),
+                "--policies", "static-token,soft-uniform" if cfg.soft_levels else "static-token",
+                *(["--soft-levels", cfg.soft_levels] if cfg.soft_levels else []),
                 "--n-sequences", str(cfg.cal_sequences), "--grid-sequences", str(GRID_SEQUENCES),
                 "--seed", str(CAL_SEED),
                 "--test-fraction", str(cfg.cal_test_fraction),

@@ -228,6 +228,7 @@ class QuickstartConfig:
     cal_new_tokens: int = 32  #: generated tokens per calibration sequence
     cal_grid_size: int = 8  #: candidate thresholds
     demo_threshold: float | None = 0.9  #: also bench an UNcertified P(safe) >= this variant (None: off)
+    soft_levels: str | None = "0.06,0.1,0.14,0.18"  #: soft-uniform grid certified beside static-token (None: off)
     bench_prompts: int = 8  #: prompts in the offline bench
     bench_max_tokens: int = 64  #: tokens per request in the bench
     repeats: int = 3  #: measured bench rounds
@@ -241,6 +242,14 @@ class QuickstartConfig:
             raise ConfigError("repeats must be >= 3")
         if self.demo_threshold is not None and not 0.0 < self.demo_threshold < 1.0:
             raise ConfigError("demo_threshold must lie in (0, 1) or be null")
+        if self.soft_levels is not None:
+            try:
+                lv = [float(x) for x in str(self.soft_levels).split(",") if x.strip()]
+            except ValueError:
+                raise ConfigError(f"soft_levels must be a comma list of numbers or null, got {self.soft_levels!r}") from None
+            if not lv or any(not 0 < x <= 1 for x in lv) or any(b <= a for a, b in zip(lv, lv[1:])):
+                raise ConfigError(f"soft_levels must be strictly increasing values in (0, 1], got {self.soft_levels!r}")
+            self.soft_levels = ",".join(f"{x:g}" for x in lv)
 
 
 #: recipe ``kind`` -> "module:Class" (dataclass). Extend here for new recipe kinds.

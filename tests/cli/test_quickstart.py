@@ -50,12 +50,16 @@ def test_pipeline_steps(fake_steps, tmp_path, capsys, calibrate_rc, certified):
     verbs = [c[0] for c in calls]
     assert verbs == ["models", "collect", "collect", "train-probe", "calibrate", "bench"]
     cal = calls[4]
-    assert cal[cal.index("--epsilon") + 1] == "0.05" and cal[cal.index("--policies") + 1] == "static-token"
+    assert cal[cal.index("--epsilon") + 1] == "0.05"
+    assert cal[cal.index("--policies") + 1] == "static-token,soft-uniform"  # whole-MLP and soft skip certified
+    assert cal[cal.index("--soft-levels") + 1] == QuickstartConfig().soft_levels
     assert summary["certified"] is certified
     recipe = from_dict(OfflineBenchConfig, yaml.safe_load((tmp_path / "qs" / "bench.yaml").read_text()))
     names = [v.name for v in recipe.variants]
     assert names[:2] == ["vanilla", "ngram"] and ("sedac-certified" in names) is certified
     assert ("ngram+sedac" in names) is certified and any("UNCERTIFIED" in n for n in names) is not certified
+    soft = [v for v in recipe.variants if v.name == "sedac-soft-uniform"]
+    assert len(soft) == 1 and soft[0].sedac.mode == "soft" and soft[0].sedac.soft_family == "uniform"
     # the bench runs on cal_data records calibration never drew (same seed, the next records of its order)
     assert cal[cal.index("--seed") + 1] == "0" and cal[cal.index("--data") + 1] == "builtin-tasks"
     used = int(cal[cal.index("--grid-sequences") + 1]) + int(cal[cal.index("--n-sequences") + 1])
