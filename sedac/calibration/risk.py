@@ -15,9 +15,12 @@ corpus mode; the positions predicting generated tokens in generate mode):
 * ``nll``: fraction whose NLL of the actual next token grew by more than ``margin`` nats.
 
 Batch policy: a decode step is emulated as the tokens at one position across ``B`` concurrent
-sequences run as one ``[B, T]`` forward (``HFSkipper(batch_step="position")``); the B sequences then
-influence each other's decisions, so the iid unit becomes the group of B sequences (risk = mean of
-its sequences' risks), formed from consecutive sequences of the shuffled order (leftover dropped).
+sequences run as one ``[B, T]`` forward (``HFSkipper(batch_step="position")``) under the served
+rule (:func:`sedac.runtime.policy.batch_rule` with ``min_rows`` B: all-or-nothing where all B rows
+have a token, token rule where fewer do); the B sequences then influence each other's decisions, so
+the iid unit becomes the group of B sequences (risk = mean of its sequences' risks), formed from
+consecutive sequences of the shuffled order (leftover dropped). :func:`sedac.calibration.run.measure_policy`
+combines this with the token rule's risk of the same sequences (concurrency < B).
 """
 
 from __future__ import annotations

@@ -17,13 +17,14 @@ and certificates into the probe and the report.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sedac.calibration.bounds import min_epsilon
-from sedac.calibration.config import CalibrateConfig
+from sedac.calibration.config import CalibrateConfig, check_certifiable
 from sedac.calibration.ltt import certify, resampling_check, split_indices
 from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
 from sedac.errors import CalibrationError
@@ -36,25 +37,54 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None) -> dict[str, Any]:
-    """Grid, risk matrix ``[n_units, G]`` and skip matrix for one policy (NaN after an early stop)."""
+def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None,
+                   token: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Grid, risk matrix ``[n_units, G]`` and skip matrix for one policy (NaN after an early stop).
+
+    Batch policy (unit = group of B = ``--batch-concurrency`` sequences): the served rule is the token
+    rule on steps with < B real rows and all-or-nothing on steps with >= B rows, at the same
+    threshold (:func:`sedac.runtime.policy.batch_rule`). A unit's risk is the larger of (a) its
+    sequences' mean risk under the token rule (what requests see at concurrency < B: token decisions do
+    not depend on the other rows) and (b) their mean risk when the B sequences run as concurrent
+    decode steps (one step per position; :func:`~sedac.calibration.risk.measure` with ``unit_size``
+    B). Bounding the mean of the max bounds both. ``skip`` is (b)'s skip fraction, ``skip_token`` (a)'s.
+    ``token``: the same mode's token-policy measurement on the same grid, reused where measured.
+    """
     from sedac.calibration.risk import measure
 
     grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
-    unit = cfg.batch_concurrency if spec.policy == "batch" else 1
+    batch = spec.policy == "batch"
+    unit = cfg.batch_concurrency if batch else 1
     n_units = len(seqs) // unit
     R = np.full((n_units, len(grid)), np.nan)
     K = np.full((n_units, len(grid)), np.nan)
+    Kt = np.full((n_units, len(grid)), np.nan)
     task = bar.add_task(f"{spec.name:14s}", total=len(grid)) if bar is not None else None
+    kw = dict(batch_size=cfg.batch_size, risk=cfg.risk, nll_margin=cfg.nll_margin)
     for j, v in enumerate(grid):
         sc = skip_config(spec, probe, v, ref, cfg.gamma, cfg.prior_tokens)
-        R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, batch_size=cfg.batch_size,
-                                   risk=cfg.risk, nll_margin=cfg.nll_margin)
+        if not batch:
+            R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=1, **kw)
+        else:
+            sc = dataclasses.replace(sc, min_rows=unit)
+            rb, K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, **kw)
+            if token is not None and token["grid"] == grid and not np.isnan(token["risk"][:, j]).any():
+                rt, kt = token["risk"][:, j], token["skip"][:, j]
+            else:
+                rt, kt = measure(model, parts, probe, seqs, full, dataclasses.replace(sc, policy="token"),
+                                 unit_size=1, **kw)
+            n_use = n_units * unit
+            rt_g = np.asarray(rt[:n_use]).reshape(n_units, unit).mean(1)
+            Kt[:, j] = np.asarray(kt[:n_use]).reshape(n_units, unit).mean(1)
+            R[:, j] = np.maximum(rt_g, rb)
         if bar is not None:
             bar.advance(task)
         if cfg.stop_factor > 0 and R[:, j].mean() > cfg.stop_factor * cfg.epsilon:
             break
-    return {"grid": grid, "risk": R, "skip": K, "unit_size": unit}
+    out = {"grid": grid, "risk": R, "skip": K, "unit_size": unit}
+    if batch:
+        out["skip_token"] = Kt
+    return out
 
 
 def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, data_fp: str, ref: float) -> dict:
@@ -70,6 +100,8 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
         "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": cfg.bound,
         "procedure": "Learn-then-Test, fixed-sequence testing (conservative -> aggressive)",
         "unit": "sequence" if m["unit_size"] == 1 else f"group of {m['unit_size']} concurrent sequences",
+        "dtype": cfg.dtype, "data": cfg.data, "data_mode": cfg.mode,
+        "new_tokens": cfg.new_tokens if cfg.mode == "generate" else None,
         "n_sequences": int(len(cal) * m["unit_size"]), "n_units": int(len(cal)),
         "n_tokens": int(n_tokens_per_unit[cal].sum()), "grid_size": len(grid),
         "grid_measured": int((~np.isnan(R).any(0)).sum()), "data_fingerprint": data_fp,
@@ -88,9 +120,16 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
         "smallest_ucb": float(np.nanmin(res.ucbs)) if not np.isnan(res.ucbs).all() else None,
         "min_certifiable_epsilon": min_epsilon(len(cal), cfg.delta),
     }
+    if spec.policy == "batch":
+        cert["batch_concurrency"] = m["unit_size"]
+        cert["served_rule"] = (f"steps with >= {m['unit_size']} real rows: a band skips for every row iff every "
+                               f"row passes; fewer rows: token rule at the same threshold; unit risk = max(token "
+                               f"rule alone, {m['unit_size']} concurrent sequences)")
+        cert["skip_rate_token_rule"] = col(m["skip_token"], cal, j) if j is not None else 0.0
     if spec.mode == "dynamic":
         cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
     curve = {"grid": list(map(float, grid)), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
+             "unit_risk": R.tolist(), "calibration_units": cal.tolist(),
              "skip_cal": [col(K, cal, k) for k in range(len(grid))],
              "risk_test": [col(R, test, k) for k in range(len(grid))],
              "skip_test": [col(K, test, k) for k in range(len(grid))],
@@ -140,9 +179,12 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         pool_dyn = np.concatenate([
             dynamic_effective(f["raw"][: len(s.ids)].numpy(), ref, cfg.gamma, cfg.prior_tokens)
             [s.first_scored: len(s.ids) - 1].reshape(-1) for f, s in zip(full_grid, grid_seqs)])
-        measured = {spec.name: measure_policy(cfg, spec, model, parts, probe, units, full,
-                                              pool if spec.mode == "static" else pool_dyn, ref, bar)
-                    for spec in specs}
+        check_certifiable(cfg, len(units))  # before the expensive part
+        measured: dict[str, Any] = {}
+        for spec in sorted(specs, key=lambda s: s.policy != "token"):  # token first: batch reuses it
+            measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full,
+                                                 pool if spec.mode == "static" else pool_dyn, ref, bar,
+                                                 token=measured.get(f"{spec.mode}-token"))
     per_seq_tokens = np.array([n_scored_tokens([s]) for s in units])
     results = {}
     for spec in specs:
@@ -162,10 +204,16 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         for c in ok:
             entry = threshold_entry(parse_policy(c["name"]), c["value"], ref, cfg.gamma, cfg.prior_tokens)
             thresholds.setdefault(c["mode"], {})[c["policy"]] = {b: entry for b in probe.band_names}
+        if any(c["policy"] == "batch" for c in ok):
+            calibration_batch = {"batch_concurrency": cfg.batch_concurrency}
+        else:
+            calibration_batch = {}
         best = max(ok, key=lambda c: (c["skip_rate"], c["mode"] == "static", c["policy"] == "token"))
         calibration = {"thresholds": thresholds, "certificates": certs, "epsilon": cfg.epsilon, "delta": cfg.delta,
+                       "dtype": cfg.dtype,
                        "default": {"mode": best["mode"], "policy": best["policy"]},
-                       "band_sharing": "one shared threshold for all bands", "provenance": prov}
+                       "band_sharing": "one shared threshold for all bands", "provenance": prov,
+                       **calibration_batch}
         out = update_calibration(cfg.probe, calibration, out=cfg.out)
         summary["out"] = str(out)
         summary["default"] = calibration["default"]
