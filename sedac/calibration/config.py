@@ -97,6 +97,9 @@ class CalibrateConfig:
             parse_policy(p)
         if len(set(self.policies)) != len(self.policies):
             raise ConfigError("--policies lists a policy twice")
+        if any(p.endswith("-batch") for p in self.policies) and self.grid_sequences < self.batch_concurrency:
+            raise ConfigError(f"--grid-sequences {self.grid_sequences} < --batch-concurrency {self.batch_concurrency}: "
+                              "the batch grid is placed on groups of B grid sequences")
         check_certifiable(self, self.n_sequences)
 
 

@@ -52,8 +52,11 @@ def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, ba
     """
     from sedac.calibration.risk import measure
 
-    grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
     batch = spec.policy == "batch"
+    if batch:
+        grid, below = batch_grid(spec, probe, raw_pool, cfg)
+    else:
+        grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
     unit = cfg.batch_concurrency if batch else 1
     n_units = len(seqs) // unit
     R = np.full((n_units, len(grid)), np.nan)
@@ -66,13 +69,16 @@ def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, ba
         if not batch:
             R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=1, **kw)
         else:
-            sc = dataclasses.replace(sc, min_rows=unit)
+            tok_spec = parse_policy(f"{spec.mode}-token")
+            sc_tok = skip_config(tok_spec, probe, below[j], ref, cfg.gamma, cfg.prior_tokens)
+            off = [a - b for a, b in zip(_raw_thresholds(sc_tok), _raw_thresholds(sc))]
+            sc = dataclasses.replace(sc, min_rows=unit, below_b_offset=off)
             rb, K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, **kw)
-            if token is not None and token["grid"] == grid and not np.isnan(token["risk"][:, j]).any():
-                rt, kt = token["risk"][:, j], token["skip"][:, j]
+            k_tok = token["grid"].index(below[j]) if token is not None and below[j] in token["grid"] else None
+            if k_tok is not None and not np.isnan(token["risk"][:, k_tok]).any():
+                rt, kt = token["risk"][:, k_tok], token["skip"][:, k_tok]
             else:
-                rt, kt = measure(model, parts, probe, seqs, full, dataclasses.replace(sc, policy="token"),
-                                 unit_size=1, **kw)
+                rt, kt = measure(model, parts, probe, seqs, full, sc_tok, unit_size=1, **kw)
             n_use = n_units * unit
             rt_g = np.asarray(rt[:n_use]).reshape(n_units, unit).mean(1)
             Kt[:, j] = np.asarray(kt[:n_use]).reshape(n_units, unit).mean(1)
@@ -83,8 +89,51 @@ def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, ba
             break
     out = {"grid": grid, "risk": R, "skip": K, "unit_size": unit}
     if batch:
-        out["skip_token"] = Kt
+        out["skip_token"], out["below_b"] = Kt, below
     return out
+
+
+def _raw_thresholds(sc) -> list[float]:
+    return list(sc.thresholds) if sc.mode == "static" else [d.lam for d in sc.dynamic]
+
+
+def and_pool(effective: list[np.ndarray], first: list[int], b: int) -> np.ndarray:
+    """Scores of B concurrent requests' steps: per group of ``b`` consecutive grid sequences and per
+    position scored in all of them, the minimum score over the group (a step passes iff its minimum
+    does). ``effective[i]``: ``[n_i, nb]`` scores of sequence i, ``first[i]`` its first scored position."""
+    out = []
+    for g in range(0, len(effective) - b + 1, b):
+        grp = effective[g: g + b]
+        lo, hi = max(first[g: g + b]), min(len(e) - 1 for e in grp)
+        if hi > lo:
+            out.append(np.min(np.stack([e[lo:hi] for e in grp]), axis=0).reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def batch_grid(spec, probe, pools: tuple[np.ndarray, np.ndarray], cfg) -> tuple[list[float], list[float]]:
+    """The batch policy's ordered grid of pairs: point j = (batch threshold v_j for steps of >= B rows,
+    token threshold u_j below B), both placed on the grid-selection sequences so that each rule alone
+    skips the target fraction f_j (u_j: quantile of single-token scores; v_j: of B-step minimum scores).
+    Conservative -> aggressive in both coordinates; duplicates dropped."""
+    from sedac.calibration.policies import target_fractions, to_score
+
+    token_pool, step_pool = pools
+    if step_pool.size == 0:
+        raise CalibrationError(f"{spec.name}: the grid sequences form no group of {cfg.batch_concurrency} with a "
+                               "common scored position; raise --grid-sequences")
+    fr = target_fractions(cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
+    us = np.quantile(token_pool.astype(np.float64), 1.0 - fr)
+    vs = np.quantile(step_pool.astype(np.float64), 1.0 - fr)
+    conv = (lambda x: to_score(probe, float(x))) if spec.mode == "static" else float
+    grid: list[float] = []
+    below: list[float] = []
+    for u, v in zip(us, vs):
+        cu, cv = conv(u), conv(v)
+        if grid and (cv > grid[-1] or cu > below[-1] or (cv == grid[-1] and cu == below[-1])):
+            continue
+        grid.append(cv)
+        below.append(cu)
+    return grid, below
 
 
 def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, data_fp: str, ref: float) -> dict:
@@ -123,12 +172,13 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
     if spec.policy == "batch":
         cert["batch_concurrency"] = m["unit_size"]
         cert["served_rule"] = (f"steps with >= {m['unit_size']} real rows: a band skips for every row iff every "
-                               f"row passes; fewer rows: token rule at the same threshold; unit risk = max(token "
-                               f"rule alone, {m['unit_size']} concurrent sequences)")
+                               f"row passes `value`; fewer rows: token rule at `below_b_value`; unit risk = "
+                               f"max(token rule alone, {m['unit_size']} concurrent sequences)")
         cert["skip_rate_token_rule"] = col(m["skip_token"], cal, j) if j is not None else 0.0
+        cert["below_b_value"] = float(m["below_b"][j]) if j is not None else None
     if spec.mode == "dynamic":
         cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
-    curve = {"grid": list(map(float, grid)), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
+    curve = {"grid": list(map(float, grid)), "below_b": m.get("below_b"), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
              "unit_risk": R.tolist(), "calibration_units": cal.tolist(),
              "skip_cal": [col(K, cal, k) for k in range(len(grid))],
              "risk_test": [col(R, test, k) for k in range(len(grid))],
@@ -180,11 +230,18 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
             dynamic_effective(f["raw"][: len(s.ids)].numpy(), ref, cfg.gamma, cfg.prior_tokens)
             [s.first_scored: len(s.ids) - 1].reshape(-1) for f, s in zip(full_grid, grid_seqs)])
         check_certifiable(cfg, len(units))  # before the expensive part
+        firsts = [s.first_scored for s in grid_seqs]
+        eff_static = [f["raw"][: len(s.ids)].numpy() for f, s in zip(full_grid, grid_seqs)]
+        eff_dyn = [dynamic_effective(e, ref, cfg.gamma, cfg.prior_tokens) for e in eff_static]
+        pools = {s.name: (pool if s.mode == "static" else pool_dyn) for s in specs}
+        for s in specs:
+            if s.policy == "batch":
+                eff = eff_static if s.mode == "static" else eff_dyn
+                pools[s.name] = (pools[s.name], and_pool(eff, firsts, cfg.batch_concurrency))
         measured: dict[str, Any] = {}
         for spec in sorted(specs, key=lambda s: s.policy != "token"):  # token first: batch reuses it
-            measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full,
-                                                 pool if spec.mode == "static" else pool_dyn, ref, bar,
-                                                 token=measured.get(f"{spec.mode}-token"))
+            measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full, pools[spec.name],
+                                                 ref, bar, token=measured.get(f"{spec.mode}-token"))
     per_seq_tokens = np.array([n_scored_tokens([s]) for s in units])
     results = {}
     for spec in specs:
@@ -203,6 +260,8 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         thresholds: dict[str, dict] = {}
         for c in ok:
             entry = threshold_entry(parse_policy(c["name"]), c["value"], ref, cfg.gamma, cfg.prior_tokens)
+            if c["policy"] == "batch":  # + the token threshold certified with it for steps below B rows
+                entry = ({"threshold": entry} if c["mode"] == "static" else dict(entry)) | {"below_b": c["below_b_value"]}
             thresholds.setdefault(c["mode"], {})[c["policy"]] = {b: entry for b in probe.band_names}
         if any(c["policy"] == "batch" for c in ok):
             calibration_batch = {"batch_concurrency": cfg.batch_concurrency}

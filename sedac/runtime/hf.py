@@ -140,10 +140,14 @@ class HFSkipper:
             thr = None
         if self.config.policy == "batch" and self.batch_step == "position":
             tok = P.decide(raw, self._token_config, thr=thr, valid=valid).view(bsz, seq, -1)
+            small = None
+            if self.config.below_b_offset and thr is not None:
+                small = P.decide(raw, self._token_config, thr=P.below_b_thresholds(thr, self.config),
+                                 valid=valid).view(bsz, seq, -1)
             v = valid.view(bsz, seq) if valid is not None else None
             # the served batch rule, one step per position: all-or-nothing over the rows with a real
-            # token there when there are >= min_rows of them, else the token rule
-            skip = P.batch_rule(tok, v, self.config.min_rows, dim=0).reshape(bsz * seq, -1)
+            # token there when there are >= min_rows of them, else the token rule (below-B threshold)
+            skip = P.batch_rule(tok, v, self.config.min_rows, dim=0, small=small).reshape(bsz * seq, -1)
         else:
             skip = P.decide(raw, self.config, thr=thr, valid=valid)
         self._skip = skip

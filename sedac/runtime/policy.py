@@ -25,13 +25,13 @@ Policies
 --------
 ``token``  each token decides for itself; skipped rows are not computed (gather/scatter).
 ``batch``  on a step with at least ``min_rows`` real (non-padding) rows -- ``B``, the
-           ``--batch-concurrency`` the threshold was certified at -- a band is skipped for the whole
+           ``--batch-concurrency`` the thresholds were certified at -- a band is skipped for the whole
            step only when every real row would skip it, so the MLP weights are not read at all. On a
-           step with fewer real rows each row follows the token rule at the same threshold. Padding
-           rows never vote and never skip; prefill rows vote like decode rows (a step's rows are its
-           tokens). Either way a row's skip set is contained in its token-rule skip set at the same
-           threshold; ``sedac calibrate`` certifies both ends (token rule alone, and steps of exactly
-           ``B`` rows), see docs/calibration.md.
+           step with fewer real rows each row follows the token rule at its own threshold, ``thr +
+           below_b_offset`` (certified together with the batch threshold: ``sedac calibrate`` bounds
+           the larger of the token-rule risk and the risk of B concurrent requests, see
+           docs/calibration.md). Padding rows never vote and never skip; prefill rows vote like decode
+           rows (a step's rows are its tokens).
 
 Tensor-parallel safety: every rank holds the full (replicated) residual stream after the attention
 all-reduce and the same probe weights, so it computes bit-identical scores and masks; no
@@ -69,6 +69,9 @@ class SkipConfig:
     #: batch policy: a step needs at least this many real rows for the all-or-nothing rule (the
     #: certified ``--batch-concurrency`` B); smaller steps use the token rule. Must be >= 2.
     min_rows: int = 2
+    #: batch policy: raw-space offset per band added to the threshold on steps with < min_rows rows
+    #: (the certified below-B token threshold minus the batch threshold); empty = 0
+    below_b_offset: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -96,21 +99,32 @@ def batch_skip(skip, valid=None):
     return skip.all(dim=0, keepdim=True).expand_as(skip)
 
 
-def batch_rule(tok, valid, min_rows: int, dim: int = 0):
-    """The served batch rule from token decisions ``tok`` (valid rows only; padding rows False).
+def batch_rule(tok, valid, min_rows: int, dim: int = 0, small=None):
+    """The served batch rule from token decisions.
 
-    ``tok``: bool ``[..., N, B]`` with the step's rows on ``dim``; ``valid``: bool ``[..., N]`` or
+    ``tok``: bool ``[..., N, B]``, the rows' decisions at the batch threshold, rows on ``dim``;
+    ``small``: the same at the below-B threshold (None: ``tok``); ``valid``: bool ``[..., N]`` or
     None (every row real). Where the step has ``>= min_rows`` valid rows: all-or-nothing over them
-    (the band skips for every valid row iff every valid row would skip it); otherwise ``tok``. Pure
-    tensor function, no host sync (the row count stays a tensor).
+    (the band skips for every valid row iff every valid row passes the batch threshold); otherwise
+    ``small``. Padding rows never skip. Pure tensor function, no host sync (the count stays a tensor).
     """
     import torch
 
+    small = tok if small is None else small
     v = torch.ones(tok.shape[:-1], dtype=torch.bool, device=tok.device) if valid is None else valid
     n_valid = v.sum(dim=dim, keepdim=True).unsqueeze(-1)  # [..., 1, 1]
     all_pass = (tok | ~v.unsqueeze(-1)).all(dim=dim, keepdim=True)  # [..., 1, B]
     big = (n_valid >= min_rows) & v.unsqueeze(-1)
-    return torch.where(big, all_pass.expand_as(tok), tok & v.unsqueeze(-1))
+    return torch.where(big, all_pass.expand_as(tok), small & v.unsqueeze(-1))
+
+
+def below_b_thresholds(thr, config: SkipConfig):
+    """Thresholds of the token rule on steps with fewer than ``min_rows`` rows: ``thr + offset``."""
+    import torch
+
+    if not config.below_b_offset:
+        return thr
+    return thr + torch.tensor(config.below_b_offset, dtype=torch.float32, device=thr.device)
 
 
 def running_mean_before(raw, seq_start, prior_sum, prior_cnt):
@@ -158,7 +172,10 @@ def decide(raw, config: SkipConfig, thr=None, valid=None):
     if valid is not None:
         skip = skip & valid.unsqueeze(-1)
     if config.policy == "batch":
-        skip = batch_rule(skip, valid, config.min_rows)
+        small = None
+        if config.mode in ("static", "dynamic") and config.below_b_offset:
+            small = token_skip(raw, below_b_thresholds(thr, config))
+        skip = batch_rule(skip, valid, config.min_rows, small=small)
     return skip
 
 
@@ -194,6 +211,8 @@ def thresholds_from_probe(probe, mode: str = "static", policy: str = "token",
 
         calibration.thresholds.static[policy][band]  -> score threshold
         calibration.thresholds.dynamic[policy][band] -> {"lam", "ref", "gamma", "prior_tokens"} (raw space)
+        calibration.thresholds.static.batch[band]    -> {"threshold", "below_b"} (score thresholds)
+        calibration.thresholds.dynamic.batch[band]   -> {"lam", ..., "below_b"} (below_b: lam below B rows)
         calibration.batch_concurrency                -> B of the batch thresholds
     """
     from sedac.errors import ProbeError
@@ -216,8 +235,13 @@ def thresholds_from_probe(probe, mode: str = "static", policy: str = "token",
     if missing:
         raise ProbeError(f"calibration lacks thresholds for bands {missing}")
     rows = batch_rows(probe, policy, batch_concurrency)
+    entries = [table[b] for b in probe.band_names]
+    below = [e.get("below_b") if isinstance(e, dict) else None for e in entries] if policy == "batch" else []
     if mode == "static":
-        return SkipConfig(policy=policy, mode="static", min_rows=rows,
-                          thresholds=[probe.raw_threshold(float(table[b])) for b in probe.band_names])
-    return SkipConfig(policy=policy, mode="dynamic", min_rows=rows,
-                      dynamic=[DynamicParams(**table[b]) for b in probe.band_names])
+        vals = [float(e["threshold"]) if isinstance(e, dict) else float(e) for e in entries]
+        thr = [probe.raw_threshold(v) for v in vals]
+        off = [probe.raw_threshold(float(u)) - t for u, t in zip(below, thr)] if any(x is not None for x in below) else []
+        return SkipConfig(policy=policy, mode="static", min_rows=rows, thresholds=thr, below_b_offset=off)
+    dyn = [DynamicParams(**{k: v for k, v in e.items() if k != "below_b"}) for e in entries]
+    off = [float(u) - d.lam for u, d in zip(below, dyn)] if any(x is not None for x in below) else []
+    return SkipConfig(policy=policy, mode="dynamic", min_rows=rows, dynamic=dyn, below_b_offset=off)

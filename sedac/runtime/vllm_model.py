@@ -189,8 +189,10 @@ class SedacRuntime:
         sc = self.skip_config
         pol = policy or sc.policy
         rows = sc.min_rows if pol == sc.policy else P.batch_rows(self.probe, pol, self.cfg.batch_concurrency, False)
+        keep = score is None and pol == sc.policy  # the certified below-B offset belongs to the certified thr
         self.skip_config = P.SkipConfig(policy=pol, mode=mode or sc.mode, min_rows=rows,
-                                        thresholds=[0.0] * len(self.probe.bands))
+                                        thresholds=[0.0] * len(self.probe.bands),
+                                        below_b_offset=sc.below_b_offset if keep else [])
         if score is not None:
             self.thr.fill_(self.probe.raw_threshold(score))
 
