@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field as _field
 
-from sedac.calibration.bounds import BOUNDS, min_epsilon
+from sedac.calibration.bounds import AUTO, BOUNDS, min_epsilon
 from sedac.errors import ConfigError
 
 RISKS = ("top1", "nll")
@@ -33,7 +33,7 @@ class CalibrateConfig:
     delta: float = 0.05  #: --delta: allowed probability that the certified risk exceeds epsilon
     risk: str = "top1"  #: --risk: "top1" (top-1 disagreement) or "nll" (NLL increase > --nll-margin)
     nll_margin: float = 0.1  #: --nll-margin: nats (risk nll)
-    bound: str = "hb"  #: --bound: "hb" (Hoeffding-Bentkus), "wsr" (betting), "hoeffding", "bentkus"
+    bound: str = AUTO  #: --bound: "auto" (wsr if n*eps >= 2 ln(1/delta), else hb), "hb", "wsr", "hoeffding", "bentkus"
     policies: list[str] = _field(default_factory=lambda: ["static-token", "dynamic-token"])  #: --policies
     grid_size: int = 10  #: --grid-size: candidate thresholds per policy
     grid_min_skip: float = 0.001  #: --grid-min-skip: target skip fraction of the most conservative point
@@ -57,8 +57,8 @@ class CalibrateConfig:
             raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.risk not in RISKS:
             raise ConfigError(f"--risk must be one of {RISKS}, got {self.risk!r}")
-        if self.bound not in BOUNDS:
-            raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
+        if self.bound not in (AUTO, *BOUNDS):
+            raise ConfigError(f"--bound must be one of {(AUTO, *BOUNDS)}, got {self.bound!r}")
         if not 0 < self.epsilon < 1:
             raise ConfigError(f"--epsilon must be in (0, 1), got {self.epsilon}")
         if not 0 < self.delta < 1:

@@ -83,7 +83,7 @@ def write_report(out_dir: str | Path, cfg, results: dict[str, Any], summary: dic
                                   " (top-1 disagreement with the full model)") + ", per sequence, teacher-forced",
         f"- guarantee, per policy: with probability >= {1 - cfg.delta:g} over the calibration draw, the mean "
         f"per-sequence risk of the certified grid point (the last rejected one; Learn-then-Test fixed-sequence "
-        f"testing, bound `{cfg.bound}`) is <= {cfg.epsilon}, teacher-forced"
+        f"testing, bound `{cfg.bound}` -- the certificates name the one used) is <= {cfg.epsilon}, teacher-forced"
         + (f" along the full model's greedy continuation of {cfg.new_tokens} tokens" if cfg.mode == "generate"
            else "") + f", on sequences exchangeable with `{cfg.data}`, in {cfg.dtype}"
         + (f"; batch policies at --batch-concurrency {cfg.batch_concurrency}"

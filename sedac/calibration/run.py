@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from sedac.calibration.bounds import min_epsilon
+from sedac.calibration.bounds import min_epsilon, resolve_bound
 from sedac.calibration.config import CalibrateConfig, check_certifiable
 from sedac.calibration.ltt import certify, resampling_check, split_indices
 from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
@@ -141,12 +141,14 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
     R, K, grid = m["risk"], m["skip"], m["grid"]
     rng = np.random.default_rng(cfg.seed + 1)
     cal, test = split_indices(R.shape[0], cfg.test_fraction, rng)
-    res = certify(R[cal], cfg.epsilon, cfg.delta, cfg.bound)
+    bound = resolve_bound(cfg.bound, len(cal), cfg.epsilon, cfg.delta)  # a priori: n, eps, delta only
+    res = certify(R[cal], cfg.epsilon, cfg.delta, bound)
     j = res.index
     col = lambda X, idx, k: float(np.mean(X[idx, k])) if len(idx) and not np.isnan(X[idx, k]).any() else None  # noqa: E731
     cert = {
         "policy": spec.policy, "mode": spec.mode, "name": spec.name, "epsilon": cfg.epsilon, "delta": cfg.delta,
-        "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": cfg.bound,
+        "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": bound,
+        "bound_requested": cfg.bound,
         "procedure": "Learn-then-Test, fixed-sequence testing (conservative -> aggressive)",
         "unit": "sequence" if m["unit_size"] == 1 else f"group of {m['unit_size']} concurrent sequences",
         "dtype": cfg.dtype, "data": cfg.data, "data_mode": cfg.mode,
@@ -185,7 +187,7 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
              "skip_test": [col(K, test, k) for k in range(len(grid))],
              "risk_all": [col(R, np.arange(R.shape[0]), k) for k in range(len(grid))],
              "skip_all": [col(K, np.arange(R.shape[0]), k) for k in range(len(grid))]}
-    resamp = (resampling_check(R, cfg.epsilon, cfg.delta, cfg.bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
+    resamp = (resampling_check(R, cfg.epsilon, cfg.delta, bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
               if cfg.resamples else None)
     if resamp is not None:
         cert["resampling"] = {k: v for k, v in resamp.items() if k != "certified_index"}
@@ -283,7 +285,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         best = min((c["smallest_ucb"] for c in certs if c["smallest_ucb"] is not None), default=None)
         lo = min((c["smallest_risk"] for c in certs if c["smallest_risk"] is not None), default=None)
         raise CalibrationError(
-            f"nothing certified at epsilon={cfg.epsilon} (delta={cfg.delta}, bound {cfg.bound}, "
+            f"nothing certified at epsilon={cfg.epsilon} (delta={cfg.delta}, bound {certs[0]['bound']}, "
             f"{certs[0]['n_units']} calibration units): the smallest empirical risk on the grid is "
             f"{lo if lo is None else f'{lo:.4f}'} and the smallest achievable upper bound is "
             f"{best if best is None else f'{best:.4f}'} (with {certs[0]['n_units']} units no bound can certify "

@@ -12,7 +12,7 @@ increase > --nll-margin, --risk nll), teacher-forced on the real HF runtime -- i
 full model's own greedy continuation of --new-tokens tokens -- in the calibration --dtype, for new sequences
 exchangeable with those drawn from --data. Free-running generations can drift further (docs/calibration.md).
 Procedure: Learn-then-Test, fixed-sequence testing over a grid ordered conservative -> aggressive; the last
-rejected point is certified. Units, epsilon, delta: with n calibration units (sequences, or groups of
+rejected point is certified (p-values: --bound, default auto). Units, epsilon, delta: with n calibration units (sequences, or groups of
 --batch-concurrency sequences for batch policies; n = units - round(units * --test-fraction)) no bound can
 certify below 1 - delta^(1/n) ~ ln(1/delta)/n even at zero observed risk (defaults: 232 sequences, 174 units,
 delta 0.05: 0.017 < epsilon 0.05); requests that cannot certify are refused before any work. Policies:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         grid_sequences: int = typer.Option(8, "--grid-sequences", help="Extra sequences that place the grid and ref."),
         risk: str = typer.Option("top1", "--risk", help="top1 or nll."),
         nll_margin: float = typer.Option(0.1, "--nll-margin", help="Nats (with --risk nll)."),
-        bound: str = typer.Option("hb", "--bound", help="hb (Hoeffding-Bentkus), wsr (betting), hoeffding, bentkus."),
+        bound: str = typer.Option("auto", "--bound", help="auto (wsr when n*epsilon >= 2 ln(1/delta), else hb; chosen before any risk is seen), hb (Hoeffding-Bentkus), wsr (betting), hoeffding, bentkus."),
         grid_size: int = typer.Option(10, "--grid-size", help="Candidate points per policy."),
         grid_min_skip: float = typer.Option(0.001, "--grid-min-skip", help="Target skip fraction, most conservative point."),
         grid_max_skip: float = typer.Option(0.5, "--grid-max-skip", help="Target skip fraction, most aggressive point."),
