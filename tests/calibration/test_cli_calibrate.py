@@ -164,3 +164,10 @@ def test_generate_mode_scores_only_continuations(tiny_llama, tiny_probe, tmp_pat
     c = s["certificates"][0]
     # only generated tokens are scored: at most new_tokens per sequence (fewer after an early EOS)
     assert c["certified"] and 0 < c["n_tokens"] <= c["n_sequences"] * 6
+
+
+def test_help_states_the_certified_scope_and_the_units_relation():
+    top = runner.invoke(app, ["--help"], terminal_width=400).output
+    assert "teacher-forced" in top and "calibration data" in top
+    cal = runner.invoke(app, ["calibrate", "--help"], terminal_width=400).output
+    assert "teacher-forced" in cal and "exchangeable" in cal and "1 - delta^(1/n)" in cal
