@@ -136,3 +136,14 @@ def test_dtype_mismatch_warning():
     msg = dtype_mismatch(probe, "bfloat16")
     assert msg and "certified in float32" in msg and "bfloat16" in msg
     assert dtype_mismatch(probe, "bfloat16", certified=False) is None  # explicit thresholds: no certificate
+
+
+def test_serve_precheck_warns_when_dtype_differs(capsys):
+    from sedac.runtime.serve import ServeConfig, _warn_dtype
+
+    probe = random_probe(FP, layer=2, bands=[(3, 4)])
+    probe.meta.calibration = {"dtype": "float32"}
+    _warn_dtype(ServeConfig(model="m", probe="p", vllm_args=["--dtype", "bfloat16"]), probe, certified=True)
+    assert "certified in float32 but are served in bfloat16" in capsys.readouterr().err
+    _warn_dtype(ServeConfig(model="m", probe="p", vllm_args=["--dtype=float32"]), probe, certified=True)
+    assert capsys.readouterr().err == ""
