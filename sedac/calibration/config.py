@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from dataclasses import field as _field
 
-from sedac.calibration.bounds import BOUNDS
+from sedac.calibration.bounds import AUTO, BOUNDS, min_epsilon
 from sedac.errors import ConfigError
 
 RISKS = ("top1", "nll")
@@ -25,15 +25,15 @@ class CalibrateConfig:
     field: str | None = None  #: --field: text/prompt/turns/messages column (auto-detected)
     chat: bool | None = None  #: --chat/--no-chat (default: on in generate mode when the tokenizer has a template)
     mode: str = "corpus"  #: --mode: "corpus" (teacher-forced text chunks) or "generate" (model continuations)
-    max_length: int = 64  #: --max-length: corpus chunk length (tokens); max prompt+continuation (generate)
+    max_length: int | None = None  #: --max-length: corpus chunk length; max prompt+continuation (default 64 / 192)
     new_tokens: int = 32  #: --new-tokens: continuation length in generate mode
-    n_sequences: int = 256  #: --n-sequences: calibration+test sequences (the iid units; see min_epsilon)
+    n_sequences: int = 232  #: --n-sequences: calibration+test sequences (the iid units; see check_certifiable)
     grid_sequences: int = 8  #: --grid-sequences: extra sequences used only to place the grid and ref
-    epsilon: float = 0.01  #: --epsilon: tolerated mean per-sequence risk
+    epsilon: float = 0.05  #: --epsilon: tolerated mean per-sequence risk
     delta: float = 0.05  #: --delta: allowed probability that the certified risk exceeds epsilon
     risk: str = "top1"  #: --risk: "top1" (top-1 disagreement) or "nll" (NLL increase > --nll-margin)
     nll_margin: float = 0.1  #: --nll-margin: nats (risk nll)
-    bound: str = "hb"  #: --bound: "hb" (Hoeffding-Bentkus), "wsr" (betting), "hoeffding", "bentkus"
+    bound: str = AUTO  #: --bound: "auto" (wsr if n*eps >= 2 ln(1/delta), else hb), "hb", "wsr", "hoeffding", "bentkus"
     policies: list[str] = _field(default_factory=lambda: ["static-token", "dynamic-token"])  #: --policies
     grid_size: int = 10  #: --grid-size: candidate thresholds per policy
     grid_min_skip: float = 0.001  #: --grid-min-skip: target skip fraction of the most conservative point
@@ -48,7 +48,7 @@ class CalibrateConfig:
     soft_gamma: float = 0.1  #: --soft-gamma: level change per std of the probe score (soft-probe; fixed)
     soft_a_x: float = 1.0  #: --soft-a-x: sparsity of the gate/up input per unit of level (fixed)
     soft_a_h: float = 1.0  #: --soft-a-h: sparsity of the down input per unit of level (fixed)
-    test_fraction: float = 0.5  #: --test-fraction: held-out share of the units (0: none)
+    test_fraction: float = 0.25  #: --test-fraction: held-out share of the units (0: none)
     resamples: int = 100  #: --resamples: random calibrate/test splits in the resampling check
     seed: int = 0  #: --seed: data order, splits
     dtype: str = "float32"  #: --dtype of the model
@@ -62,14 +62,16 @@ class CalibrateConfig:
             raise ConfigError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.risk not in RISKS:
             raise ConfigError(f"--risk must be one of {RISKS}, got {self.risk!r}")
-        if self.bound not in BOUNDS:
-            raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
+        if self.bound not in (AUTO, *BOUNDS):
+            raise ConfigError(f"--bound must be one of {(AUTO, *BOUNDS)}, got {self.bound!r}")
         if not 0 < self.epsilon < 1:
             raise ConfigError(f"--epsilon must be in (0, 1), got {self.epsilon}")
         if not 0 < self.delta < 1:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if self.nll_margin < 0:
             raise ConfigError(f"--nll-margin must be >= 0, got {self.nll_margin}")
+        if self.max_length is None:
+            self.max_length = 192 if self.mode == "generate" else 64
         if self.max_length < 4:
             raise ConfigError(f"--max-length must be >= 4, got {self.max_length}")
         if self.mode == "generate" and self.new_tokens >= self.max_length:
@@ -79,6 +81,9 @@ class CalibrateConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.n_sequences < 2:
             raise ConfigError("--n-sequences must be >= 2")
+        if self.batch_concurrency < 2:
+            raise ConfigError(f"--batch-concurrency must be >= 2, got {self.batch_concurrency}: the batch policy "
+                              "with one concurrent request is the token policy (use --policies static-token)")
         if not 0 < self.grid_min_skip < self.grid_max_skip <= 1:
             raise ConfigError("need 0 < --grid-min-skip < --grid-max-skip <= 1")
         if not 0 <= self.test_fraction < 1:
@@ -107,3 +112,33 @@ class CalibrateConfig:
             parse_policy(p)
         if len(set(self.policies)) != len(self.policies):
             raise ConfigError("--policies lists a policy twice")
+        if any(p.endswith("-batch") for p in self.policies) and self.grid_sequences < self.batch_concurrency:
+            raise ConfigError(f"--grid-sequences {self.grid_sequences} < --batch-concurrency {self.batch_concurrency}: "
+                              "the batch grid is placed on groups of B grid sequences")
+        check_certifiable(self, self.n_sequences)
+
+
+def check_certifiable(cfg: CalibrateConfig, n_sequences: int) -> None:
+    """Refuse up front when some requested policy cannot certify ``--epsilon`` even at zero risk.
+
+    With ``n`` calibration units no bound here certifies below ``min_epsilon(n, delta) = 1 -
+    delta^(1/n)`` (about ``ln(1/delta)/n``); ``n = u - round(u * test_fraction)`` with ``u`` = sequences
+    (token policies) or ``sequences // batch_concurrency`` (batch policies).
+    """
+    from sedac.calibration.policies import parse_policy
+
+    for name in cfg.policies:
+        unit = cfg.batch_concurrency if parse_policy(name).policy == "batch" else 1
+        u = n_sequences // unit
+        n = u - int(round(u * cfg.test_fraction))
+        lo = min_epsilon(n, cfg.delta)
+        if lo >= cfg.epsilon:
+            need = n
+            while min_epsilon(need, cfg.delta) >= cfg.epsilon:
+                need += 1
+            raise ConfigError(
+                f"{name}: {n_sequences} sequences give {n} calibration units ({'groups of %d, ' % unit if unit > 1 else ''}"
+                f"--test-fraction {cfg.test_fraction}); with n units no bound certifies below 1 - delta^(1/n) = "
+                f"{lo:.4f} >= --epsilon {cfg.epsilon} even at zero risk (delta {cfg.delta}). Need >= {need} "
+                f"calibration units: raise --epsilon or --n-sequences, or lower --test-fraction"
+                + (" or --batch-concurrency" if unit > 1 else ""))

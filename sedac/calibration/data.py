@@ -3,7 +3,11 @@
 * ``corpus``: the dataset's texts are tokenized, joined and cut into ``--max-length`` chunks; every
   position with a next token is scored. Only full-length chunks are used (equal lengths: no padding).
 * ``generate``: one prompt per record; the full model continues it greedily for ``--new-tokens``
-  (the serving distribution) and only the positions predicting generated tokens are scored.
+  and only the positions predicting generated tokens are scored. Risk is then measured
+  teacher-forced along the FULL model's greedy continuation: it is not the distribution a skipping
+  model produces when it generates freely (its own earlier changes feed back), nor sampling at
+  temperature > 0. The certificate is about this teacher-forced quantity, on data exchangeable with
+  ``--data``.
 
 The chunks/prompts are shuffled with ``--seed`` before the first ``grid_sequences + n_sequences``
 are taken, so the units are a random sample of the dataset's units.

@@ -15,9 +15,12 @@ corpus mode; the positions predicting generated tokens in generate mode):
 * ``nll``: fraction whose NLL of the actual next token grew by more than ``margin`` nats.
 
 Batch policy: a decode step is emulated as the tokens at one position across ``B`` concurrent
-sequences run as one ``[B, T]`` forward (``HFSkipper(batch_step="position")``); the B sequences then
-influence each other's decisions, so the iid unit becomes the group of B sequences (risk = mean of
-its sequences' risks), formed from consecutive sequences of the shuffled order (leftover dropped).
+sequences run as one ``[B, T]`` forward (``HFSkipper(batch_step="position")``) under the served
+rule (:func:`sedac.runtime.policy.batch_rule` with ``min_rows`` B: all-or-nothing where all B rows
+have a token, token rule where fewer do); the B sequences then influence each other's decisions, so
+the iid unit becomes the group of B sequences (risk = mean of its sequences' risks), formed from
+consecutive sequences of the shuffled order (leftover dropped). :func:`sedac.calibration.run.measure_policy`
+combines this with the token rule's risk of the same sequences (concurrency < B).
 """
 
 from __future__ import annotations
@@ -132,17 +135,19 @@ def measure(model, parts, probe, seqs: list[CalSequence], full: list[dict], skip
             batch_size: int, risk: str, nll_margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-unit risk and skip fraction ``([n_units], [n_units])`` of one :class:`SkipConfig`.
 
-    ``unit_size`` 1: token policies, forwards of ``batch_size`` sequences (decisions are per row, so
-    batching does not change them). ``unit_size`` B > 1: batch policy, forwards of exactly B sequences
-    with the per-position batch decision.
+    Token policy, ``unit_size`` 1: forwards of ``batch_size`` sequences (decisions are per row, so
+    batching does not change them). Batch policy: forwards of exactly ``unit_size`` sequences, each
+    position one emulated decode step of ``unit_size`` concurrent requests under the served rule
+    (``skip_cfg.min_rows``): ``unit_size`` 1 is a lone request (token rule on every step).
     """
     dev = next(model.parameters()).device
-    fwd = unit_size if unit_size > 1 else batch_size
+    per_step = unit_size > 1 or skip_cfg.policy == "batch"
+    fwd = unit_size if per_step else batch_size
     n_use = len(seqs) - len(seqs) % unit_size
     w = _band_weights(probe).to(dev)
     seq_risk, seq_skip = [], []
     with PrefixCache(parts, probe.layer) as state:
-        step = "position" if unit_size > 1 else "forward"
+        step = "position" if per_step else "forward"
         with install(model, probe, skip_cfg, record=True, batch_step=step) as sk:
             for s in range(0, n_use, fwd):
                 chunk, ref = seqs[s: s + fwd], full[s: s + fwd]

@@ -17,13 +17,14 @@ and certificates into the probe and the report.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sedac.calibration.bounds import min_epsilon
-from sedac.calibration.config import CalibrateConfig
+from sedac.calibration.bounds import min_epsilon, resolve_bound
+from sedac.calibration.config import CalibrateConfig, check_certifiable
 from sedac.calibration.ltt import certify, resampling_check, split_indices
 from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
 from sedac.calibration.soft import soft_params
@@ -37,26 +38,104 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None) -> dict[str, Any]:
-    """Grid, risk matrix ``[n_units, G]`` and skip matrix for one policy (NaN after an early stop)."""
+def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None,
+                   token: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Grid, risk matrix ``[n_units, G]`` and skip matrix for one policy (NaN after an early stop).
+
+    Batch policy (unit = group of B = ``--batch-concurrency`` sequences): the served rule is the token
+    rule on steps with < B real rows and all-or-nothing on steps with >= B rows, at the same
+    threshold (:func:`sedac.runtime.policy.batch_rule`). A unit's risk is the larger of (a) its
+    sequences' mean risk under the token rule (what requests see at concurrency < B: token decisions do
+    not depend on the other rows) and (b) their mean risk when the B sequences run as concurrent
+    decode steps (one step per position; :func:`~sedac.calibration.risk.measure` with ``unit_size``
+    B). Bounding the mean of the max bounds both. ``skip`` is (b)'s skip fraction, ``skip_token`` (a)'s.
+    ``token``: the same mode's token-policy measurement on the same grid, reused where measured.
+    """
     from sedac.calibration.risk import measure
 
-    grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
-    unit = cfg.batch_concurrency if spec.policy == "batch" else 1
+    batch = spec.policy == "batch"
+    if batch:
+        grid, below = batch_grid(spec, probe, raw_pool, cfg)
+    else:
+        grid = grid_values(spec, probe, raw_pool, cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
+    unit = cfg.batch_concurrency if batch else 1
     n_units = len(seqs) // unit
     R = np.full((n_units, len(grid)), np.nan)
     K = np.full((n_units, len(grid)), np.nan)
+    Kt = np.full((n_units, len(grid)), np.nan)
     task = bar.add_task(f"{spec.name:14s}", total=len(grid)) if bar is not None else None
+    kw = dict(batch_size=cfg.batch_size, risk=cfg.risk, nll_margin=cfg.nll_margin)
     for j, v in enumerate(grid):
         sc = skip_config(spec, probe, v, ref, cfg.gamma, cfg.prior_tokens)
-        R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, batch_size=cfg.batch_size,
-                                   risk=cfg.risk, nll_margin=cfg.nll_margin)
+        if not batch:
+            R[:, j], K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=1, **kw)
+        else:
+            tok_spec = parse_policy(f"{spec.mode}-token")
+            sc_tok = skip_config(tok_spec, probe, below[j], ref, cfg.gamma, cfg.prior_tokens)
+            off = [a - b for a, b in zip(_raw_thresholds(sc_tok), _raw_thresholds(sc))]
+            sc = dataclasses.replace(sc, min_rows=unit, below_b_offset=off)
+            rb, K[:, j] = measure(model, parts, probe, seqs, full, sc, unit_size=unit, **kw)
+            k_tok = token["grid"].index(below[j]) if token is not None and below[j] in token["grid"] else None
+            if k_tok is not None and not np.isnan(token["risk"][:, k_tok]).any():
+                rt, kt = token["risk"][:, k_tok], token["skip"][:, k_tok]
+            else:
+                rt, kt = measure(model, parts, probe, seqs, full, sc_tok, unit_size=1, **kw)
+            n_use = n_units * unit
+            rt_g = np.asarray(rt[:n_use]).reshape(n_units, unit).mean(1)
+            Kt[:, j] = np.asarray(kt[:n_use]).reshape(n_units, unit).mean(1)
+            R[:, j] = np.maximum(rt_g, rb)
         if bar is not None:
             bar.advance(task)
         if cfg.stop_factor > 0 and R[:, j].mean() > cfg.stop_factor * cfg.epsilon:
             break
     widths = sum(b - a + 1 for a, b in probe.bands)
-    return {"grid": grid, "risk": R, "skip": K, "unit_size": unit, "bytes_factor": widths / parts.num_layers}
+    out = {"grid": grid, "risk": R, "skip": K, "unit_size": unit, "bytes_factor": widths / parts.num_layers}
+    if batch:
+        out["skip_token"], out["below_b"] = Kt, below
+    return out
+
+
+def _raw_thresholds(sc) -> list[float]:
+    return list(sc.thresholds) if sc.mode == "static" else [d.lam for d in sc.dynamic]
+
+
+def and_pool(effective: list[np.ndarray], first: list[int], b: int) -> np.ndarray:
+    """Scores of B concurrent requests' steps: per group of ``b`` consecutive grid sequences and per
+    position scored in all of them, the minimum score over the group (a step passes iff its minimum
+    does). ``effective[i]``: ``[n_i, nb]`` scores of sequence i, ``first[i]`` its first scored position."""
+    out = []
+    for g in range(0, len(effective) - b + 1, b):
+        grp = effective[g: g + b]
+        lo, hi = max(first[g: g + b]), min(len(e) - 1 for e in grp)
+        if hi > lo:
+            out.append(np.min(np.stack([e[lo:hi] for e in grp]), axis=0).reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def batch_grid(spec, probe, pools: tuple[np.ndarray, np.ndarray], cfg) -> tuple[list[float], list[float]]:
+    """The batch policy's ordered grid of pairs: point j = (batch threshold v_j for steps of >= B rows,
+    token threshold u_j below B), both placed on the grid-selection sequences so that each rule alone
+    skips the target fraction f_j (u_j: quantile of single-token scores; v_j: of B-step minimum scores).
+    Conservative -> aggressive in both coordinates; duplicates dropped."""
+    from sedac.calibration.policies import target_fractions, to_score
+
+    token_pool, step_pool = pools
+    if step_pool.size == 0:
+        raise CalibrationError(f"{spec.name}: the grid sequences form no group of {cfg.batch_concurrency} with a "
+                               "common scored position; raise --grid-sequences")
+    fr = target_fractions(cfg.grid_size, cfg.grid_min_skip, cfg.grid_max_skip)
+    us = np.quantile(token_pool.astype(np.float64), 1.0 - fr)
+    vs = np.quantile(step_pool.astype(np.float64), 1.0 - fr)
+    conv = (lambda x: to_score(probe, float(x))) if spec.mode == "static" else float
+    grid: list[float] = []
+    below: list[float] = []
+    for u, v in zip(us, vs):
+        cu, cv = conv(u), conv(v)
+        if grid and (cv > grid[-1] or cu > below[-1] or (cv == grid[-1] and cu == below[-1])):
+            continue
+        grid.append(cv)
+        below.append(cu)
+    return grid, below
 
 
 def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, data_fp: str, ref: float) -> dict:
@@ -64,14 +143,18 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
     R, K, grid = m["risk"], m["skip"], m["grid"]
     rng = np.random.default_rng(cfg.seed + 1)
     cal, test = split_indices(R.shape[0], cfg.test_fraction, rng)
-    res = certify(R[cal], cfg.epsilon, cfg.delta, cfg.bound)
+    bound = resolve_bound(cfg.bound, len(cal), cfg.epsilon, cfg.delta)  # a priori: n, eps, delta only
+    res = certify(R[cal], cfg.epsilon, cfg.delta, bound)
     j = res.index
     col = lambda X, idx, k: float(np.mean(X[idx, k])) if len(idx) and not np.isnan(X[idx, k]).any() else None  # noqa: E731
     cert = {
         "policy": spec.policy, "mode": spec.mode, "name": spec.name, "epsilon": cfg.epsilon, "delta": cfg.delta,
-        "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": cfg.bound,
+        "risk": cfg.risk, "nll_margin": cfg.nll_margin if cfg.risk == "nll" else None, "bound": bound,
+        "bound_requested": cfg.bound,
         "procedure": "Learn-then-Test, fixed-sequence testing (conservative -> aggressive)",
         "unit": "sequence" if m["unit_size"] == 1 else f"group of {m['unit_size']} concurrent sequences",
+        "dtype": cfg.dtype, "data": cfg.data, "data_mode": cfg.mode,
+        "new_tokens": cfg.new_tokens if cfg.mode == "generate" else None,
         "n_sequences": int(len(cal) * m["unit_size"]), "n_units": int(len(cal)),
         "n_tokens": int(n_tokens_per_unit[cal].sum()), "grid_size": len(grid),
         "grid_measured": int((~np.isnan(R).any(0)).sum()), "data_fingerprint": data_fp,
@@ -94,18 +177,26 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
         "smallest_ucb": float(np.nanmin(res.ucbs)) if not np.isnan(res.ucbs).all() else None,
         "min_certifiable_epsilon": min_epsilon(len(cal), cfg.delta),
     }
+    if spec.policy == "batch":
+        cert["batch_concurrency"] = m["unit_size"]
+        cert["served_rule"] = (f"steps with >= {m['unit_size']} real rows: a band skips for every row iff every "
+                               f"row passes `value`; fewer rows: token rule at `below_b_value`; unit risk = "
+                               f"max(token rule alone, {m['unit_size']} concurrent sequences)")
+        cert["skip_rate_token_rule"] = col(m["skip_token"], cal, j) if j is not None else 0.0
+        cert["below_b_value"] = float(m["below_b"][j]) if j is not None else None
     if spec.mode == "dynamic":
         cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
     if spec.mode == "soft":
         cert["soft"] = m["soft"] | ({"lam": float(grid[j])} if j is not None else {})
-    curve = {"grid": list(map(float, grid)), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
+    curve = {"grid": list(map(float, grid)), "below_b": m.get("below_b"), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
+             "unit_risk": R.tolist(), "calibration_units": cal.tolist(),
              "skip_cal": [col(K, cal, k) for k in range(len(grid))],
              "risk_test": [col(R, test, k) for k in range(len(grid))],
              "skip_test": [col(K, test, k) for k in range(len(grid))],
              "bytes_factor": m["bytes_factor"],
              "risk_all": [col(R, np.arange(R.shape[0]), k) for k in range(len(grid))],
              "skip_all": [col(K, np.arange(R.shape[0]), k) for k in range(len(grid))]}
-    resamp = (resampling_check(R, cfg.epsilon, cfg.delta, cfg.bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
+    resamp = (resampling_check(R, cfg.epsilon, cfg.delta, bound, cfg.test_fraction, cfg.resamples, cfg.seed + 2)
               if cfg.resamples else None)
     if resamp is not None:
         cert["resampling"] = {k: v for k, v in resamp.items() if k != "certified_index"}
@@ -149,9 +240,18 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         pool_dyn = np.concatenate([
             dynamic_effective(f["raw"][: len(s.ids)].numpy(), ref, cfg.gamma, cfg.prior_tokens)
             [s.first_scored: len(s.ids) - 1].reshape(-1) for f, s in zip(full_grid, grid_seqs)])
-        measured = {}
+        check_certifiable(cfg, len(units))  # before the expensive part
+        firsts = [s.first_scored for s in grid_seqs]
+        eff_static = [f["raw"][: len(s.ids)].numpy() for f, s in zip(full_grid, grid_seqs)]
+        eff_dyn = [dynamic_effective(e, ref, cfg.gamma, cfg.prior_tokens) for e in eff_static]
+        pools = {s.name: (pool if s.mode == "static" else pool_dyn) for s in specs}
+        for s in specs:
+            if s.policy == "batch":
+                eff = eff_static if s.mode == "static" else eff_dyn
+                pools[s.name] = (pools[s.name], and_pool(eff, firsts, cfg.batch_concurrency))
+        measured: dict[str, Any] = {}
         soft_tab = None
-        for spec in specs:
+        for spec in sorted(specs, key=lambda s: s.policy != "token"):  # token first: batch reuses it
             if spec.mode == "soft":
                 from sedac.calibration.soft import measure_soft_policy, probe_score_stats, soft_table
 
@@ -161,9 +261,9 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
                 m = measure_soft_policy(cfg, spec.policy, model, probe, units, full, soft_tab, sref, sscale, bar)
                 m["soft"] = soft_params(spec.policy, 0.0, cfg, sref, sscale).to_dict()
                 measured[spec.name] = m
-            else:
-                measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full,
-                                                     pool if spec.mode == "static" else pool_dyn, ref, bar)
+                continue
+            measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full, pools[spec.name],
+                                                 ref, bar, token=measured.get(f"{spec.mode}-token"))
     per_seq_tokens = np.array([n_scored_tokens([s]) for s in units])
     results = {}
     for spec in specs:
@@ -185,11 +285,19 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
                 thresholds.setdefault("soft", {})[c["policy"]] = c["soft"]
                 continue
             entry = threshold_entry(parse_policy(c["name"]), c["value"], ref, cfg.gamma, cfg.prior_tokens)
+            if c["policy"] == "batch":  # + the token threshold certified with it for steps below B rows
+                entry = ({"threshold": entry} if c["mode"] == "static" else dict(entry)) | {"below_b": c["below_b_value"]}
             thresholds.setdefault(c["mode"], {})[c["policy"]] = {b: entry for b in probe.band_names}
+        if any(c["policy"] == "batch" for c in ok):
+            calibration_batch = {"batch_concurrency": cfg.batch_concurrency}
+        else:
+            calibration_batch = {}
         best = max(ok, key=lambda c: (c["mlp_bytes_saved"], c["mode"] == "static", c["policy"] == "token"))
         calibration = {"thresholds": thresholds, "certificates": certs, "epsilon": cfg.epsilon, "delta": cfg.delta,
+                       "dtype": cfg.dtype,
                        "default": {"mode": best["mode"], "policy": best["policy"]},
-                       "band_sharing": "one shared threshold for all bands", "provenance": prov}
+                       "band_sharing": "one shared threshold for all bands", "provenance": prov,
+                       **calibration_batch}
         out = update_calibration(cfg.probe, calibration, out=cfg.out, soft_table=soft_tab,
                                  soft_source=soft_src if soft_tab is not None else "")
         summary["out"] = str(out)
@@ -201,7 +309,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         best = min((c["smallest_ucb"] for c in certs if c["smallest_ucb"] is not None), default=None)
         lo = min((c["smallest_risk"] for c in certs if c["smallest_risk"] is not None), default=None)
         raise CalibrationError(
-            f"nothing certified at epsilon={cfg.epsilon} (delta={cfg.delta}, bound {cfg.bound}, "
+            f"nothing certified at epsilon={cfg.epsilon} (delta={cfg.delta}, bound {certs[0]['bound']}, "
             f"{certs[0]['n_units']} calibration units): the smallest empirical risk on the grid is "
             f"{lo if lo is None else f'{lo:.4f}'} and the smallest achievable upper bound is "
             f"{best if best is None else f'{best:.4f}'} (with {certs[0]['n_units']} units no bound can certify "

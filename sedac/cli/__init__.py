@@ -15,7 +15,9 @@ import typer
 app = typer.Typer(
     name="sedac",
     help=(
-        "sedac: skip the MLP blocks of tokens the model is confident about, with a certified quality loss.\n\n"
+        "sedac: skip the MLP blocks of tokens the model is confident about, with a certified bound on the mean "
+        "per-sequence top-1 disagreement (teacher-forced along the full model's greedy continuation, on data "
+        "like the calibration data, in its dtype).\n\n"
         "Pipeline: models pull -> collect -> train-probe -> calibrate -> serve / bench. "
         "`sedac quickstart` runs it all on the embedded default model (SmolLM2-135M, CPU)."
     ),

@@ -6,12 +6,18 @@ from typing import Optional
 
 import typer
 
-_HELP = """Certify the most aggressive skip setting whose quality loss stays within --epsilon with probability
->= 1 - --delta, measured on the real HF runtime (teacher-forced, vs the full model) on sequences like --data.
-Risk per sequence: top-1 disagreement (default) or NLL increase > --nll-margin (--risk nll). Procedure:
-Learn-then-Test, fixed-sequence testing over a grid ordered conservative -> aggressive, Hoeffding-Bentkus
-p-values (or --bound wsr). Policies: static/dynamic x token/batch. Writes thresholds + certificates into the
-probe (--out, default in place) and a Markdown/PNG/JSON report. Exit 3 when nothing is certified."""
+_HELP = """Certify, per policy, the most aggressive skip setting of a fixed grid whose mean per-sequence risk
+is <= --epsilon with probability >= 1 - --delta. Risk: top-1 disagreement with the full model (default; or NLL
+increase > --nll-margin, --risk nll), teacher-forced on the real HF runtime -- in --mode generate along the
+full model's own greedy continuation of --new-tokens tokens -- in the calibration --dtype, for new sequences
+exchangeable with those drawn from --data. Free-running generations can drift further (docs/calibration.md).
+Procedure: Learn-then-Test, fixed-sequence testing over a grid ordered conservative -> aggressive; the last
+rejected point is certified (p-values: --bound, default auto). Units, epsilon, delta: with n calibration units (sequences, or groups of
+--batch-concurrency sequences for batch policies; n = units - round(units * --test-fraction)) no bound can
+certify below 1 - delta^(1/n) ~ ln(1/delta)/n even at zero observed risk (defaults: 232 sequences, 174 units,
+delta 0.05: 0.017 < epsilon 0.05); requests that cannot certify are refused before any work. Policies:
+static/dynamic x token/batch. Writes thresholds + certificates into the probe (--out, default in place) and a
+Markdown/PNG/JSON report. Exit 3 when nothing is certified."""
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +26,8 @@ def register(app: typer.Typer) -> None:
         probe: str = typer.Option(..., "--probe", help="Probe file (.safetensors) to calibrate."),
         data: str = typer.Option("builtin", "--data", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (240 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
         mode: str = typer.Option("corpus", "--mode", help="corpus (text chunks) or generate (model continuations)."),
-        epsilon: float = typer.Option(0.01, "--epsilon", help="Tolerated mean per-sequence risk."),
-        delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the risk exceeds epsilon."),
+        epsilon: float = typer.Option(0.05, "--epsilon", help="Tolerated mean per-sequence risk; must exceed 1 - delta^(1/n) for n calibration units."),
+        delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the certified setting's risk exceeds epsilon."),
         policies: str = typer.Option("static-token,dynamic-token", "--policies",
                                      help="Comma list of static-token, dynamic-token, static-batch, dynamic-batch (whole-MLP skip), "
                                           "soft-uniform, soft-probe (soft skip: per-token magnitude sparsity of the MLP inputs)."),
@@ -31,18 +37,18 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("train", "--split", help="Dataset split (hub datasets)."),
         field: Optional[str] = typer.Option(None, "--field", help="Text/prompt/turns/messages column (auto-detected)."),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: on in generate mode)."),
-        max_length: int = typer.Option(64, "--max-length", help="Corpus chunk length; max prompt+continuation."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="Corpus chunk length (default 64); max prompt+continuation (generate, default 192)."),
         new_tokens: int = typer.Option(32, "--new-tokens", help="Generated tokens per prompt (generate mode)."),
-        n_sequences: int = typer.Option(256, "--n-sequences", help="Calibration + test sequences (iid units)."),
+        n_sequences: int = typer.Option(232, "--n-sequences", help="Calibration + test sequences (builtin-tasks has 240 = 232 + 8 grid)."),
         grid_sequences: int = typer.Option(8, "--grid-sequences", help="Extra sequences that place the grid and ref."),
         risk: str = typer.Option("top1", "--risk", help="top1 or nll."),
         nll_margin: float = typer.Option(0.1, "--nll-margin", help="Nats (with --risk nll)."),
-        bound: str = typer.Option("hb", "--bound", help="hb (Hoeffding-Bentkus), wsr (betting), hoeffding, bentkus."),
+        bound: str = typer.Option("auto", "--bound", help="auto (wsr when n*epsilon >= 2 ln(1/delta), else hb; chosen before any risk is seen), hb (Hoeffding-Bentkus), wsr (betting), hoeffding, bentkus."),
         grid_size: int = typer.Option(10, "--grid-size", help="Candidate points per policy."),
         grid_min_skip: float = typer.Option(0.001, "--grid-min-skip", help="Target skip fraction, most conservative point."),
         grid_max_skip: float = typer.Option(0.5, "--grid-max-skip", help="Target skip fraction, most aggressive point."),
         stop_factor: float = typer.Option(3.0, "--stop-factor", help="Stop a grid once mean risk > factor*epsilon (0: never)."),
-        batch_concurrency: int = typer.Option(4, "--batch-concurrency", help="Concurrent requests per decode step (batch policy)."),
+        batch_concurrency: int = typer.Option(4, "--batch-concurrency", help="B >= 2 (batch policies): steps with >= B rows skip all-or-nothing, smaller steps use the token rule; recorded in the certificate."),
         batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward (token policies)."),
         gamma: float = typer.Option(1.0, "--gamma", help="Dynamic threshold sensitivity (fixed)."),
         prior_tokens: float = typer.Option(8.0, "--prior-tokens", help="Dynamic running-mean prior weight (fixed)."),
@@ -51,10 +57,10 @@ def register(app: typer.Typer) -> None:
         soft_gamma: float = typer.Option(0.1, "--soft-gamma", help="soft-probe: level change per std of the probe score (fixed)."),
         soft_a_x: float = typer.Option(1.0, "--soft-a-x", help="Soft: sparsity of the gate/up input per unit of level."),
         soft_a_h: float = typer.Option(1.0, "--soft-a-h", help="Soft: sparsity of the down input per unit of level."),
-        test_fraction: float = typer.Option(0.5, "--test-fraction", help="Held-out share of the units."),
-        resamples: int = typer.Option(100, "--resamples", help="Random splits in the resampling check."),
+        test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share of the units (not used to certify)."),
+        resamples: int = typer.Option(100, "--resamples", help="Random splits in the descriptive resampling figure."),
         seed: int = typer.Option(0, "--seed", help="Seed for data order and splits."),
-        dtype: str = typer.Option("float32", "--dtype", help="Model dtype."),
+        dtype: str = typer.Option("float32", "--dtype", help="Model dtype; recorded, serving another dtype warns."),
         device: Optional[str] = typer.Option(None, "--device", help="Device (default: cuda if available, else cpu)."),
     ) -> None:
         from sedac.calibration import CalibrateConfig, calibrate

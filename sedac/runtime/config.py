@@ -33,6 +33,9 @@ class SedacVllmConfig:
     record: bool = False  #: keep every step's decisions in memory (eager mode; tests/debugging)
     soft_family: str = "probe"  #: mode "soft": certified family "probe" (probe-controlled level) or "uniform"
     soft_level: float | None = None  #: mode "soft": explicit uniform level (uncertified; 0 = never fires)
+    #: batch policy: B, the step size the batch rule applies from (smaller steps: token rule). None =
+    #: the B recorded with the probe's certified batch thresholds; given, it must equal it (>= 2).
+    batch_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if not self.probe:
@@ -64,6 +67,11 @@ class SedacVllmConfig:
                 self.threshold = float(self.threshold)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"sedac config: `threshold` must be a number or null, got {self.threshold!r}") from exc
+        if self.batch_concurrency is not None and (isinstance(self.batch_concurrency, bool)
+                                                   or not isinstance(self.batch_concurrency, int)
+                                                   or self.batch_concurrency < 2):
+            raise ConfigError(f"sedac config: `batch_concurrency` must be an integer >= 2 (B = 1 is the token "
+                              f"policy), got {self.batch_concurrency!r}")
         if self.stats_interval_s < 0:
             raise ConfigError("sedac config: `stats_interval_s` must be >= 0")
 
@@ -93,3 +101,19 @@ def load_config(additional_config: dict[str, Any] | None = None) -> SedacVllmCon
         except json.JSONDecodeError as exc:
             raise ConfigError(f"${ENV_VAR} is not valid JSON: {exc}") from exc
     return SedacVllmConfig.from_dict(block)
+
+
+def dtype_mismatch(probe, served_dtype: str, certified: bool = True) -> str | None:
+    """A warning when certified thresholds are served in another dtype than ``sedac calibrate`` used.
+
+    The certificate is a statement about the calibration dtype (recorded as ``calibration.dtype``):
+    scores and MLP outputs change with the dtype, so another dtype is not covered. None when the
+    dtypes agree, the thresholds are not certified ones, or the probe predates the record.
+    """
+    cal = (probe.meta.calibration or {}).get("dtype")
+    served = str(served_dtype).removeprefix("torch.")
+    if not certified or cal is None or served in ("auto", str(cal)):
+        return None
+    return (f"WARNING sedac: the probe's thresholds were certified in {cal} but are served in {served}; "
+            f"the certificate does not cover this dtype (re-run `sedac calibrate --dtype {served}` or serve "
+            f"with --dtype {cal})")

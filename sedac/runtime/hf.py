@@ -35,7 +35,8 @@ class HFSkipper:
         """``batch_step`` (batch policy only): ``"forward"`` = one step is the whole forward (all rows);
         ``"position"`` = one step is the set of tokens at the same position across the batch rows,
         which emulates decode steps of ``batch`` concurrent requests in a teacher-forced forward
-        (used by ``sedac calibrate``)."""
+        (used by ``sedac calibrate``). Either way the step is decided by
+        :func:`sedac.runtime.policy.batch_rule` (``config.min_rows``; padding rows do not vote)."""
         if batch_step not in ("forward", "position"):
             raise ConfigError(f"batch_step must be 'forward' or 'position', got {batch_step!r}")
         self.model = model
@@ -139,10 +140,14 @@ class HFSkipper:
             thr = None
         if self.config.policy == "batch" and self.batch_step == "position":
             tok = P.decide(raw, self._token_config, thr=thr, valid=valid).view(bsz, seq, -1)
+            small = None
+            if self.config.below_b_offset and thr is not None:
+                small = P.decide(raw, self._token_config, thr=P.below_b_thresholds(thr, self.config),
+                                 valid=valid).view(bsz, seq, -1)
             v = valid.view(bsz, seq) if valid is not None else None
-            skip = P.batch_skip(tok, v).reshape(bsz * seq, -1)  # AND over rows at each position
-            if valid is not None:
-                skip = skip & valid.unsqueeze(-1)
+            # the served batch rule, one step per position: all-or-nothing over the rows with a real
+            # token there when there are >= min_rows of them, else the token rule (below-B threshold)
+            skip = P.batch_rule(tok, v, self.config.min_rows, dim=0, small=small).reshape(bsz * seq, -1)
         else:
             skip = P.decide(raw, self.config, thr=thr, valid=valid)
         self._skip = skip

@@ -91,7 +91,24 @@ def sedac_block(cfg: ServeConfig, model_path: str, stats_file: str | None) -> di
     block = SedacVllmConfig(probe=str(Path(cfg.probe).resolve()), mode=cfg.mode, policy=cfg.policy, threshold=thr,
                             impl=cfg.impl, stats_file=stats_file, stats_interval_s=cfg.stats_interval_s)
     thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=thr)  # uncalibrated + certified
+    _warn_dtype(cfg, probe, thr is None and cfg.mode in ("static", "dynamic"))
     return block.to_dict()
+
+
+def _warn_dtype(cfg: ServeConfig, probe, certified: bool) -> None:
+    """Certified thresholds served in another dtype than calibrated: loud warning (the plugin repeats it
+    at engine start with vLLM's resolved dtype, which also covers ``--dtype auto``)."""
+    import torch
+
+    from sedac.runtime.config import dtype_mismatch
+
+    args = list(cfg.vllm_args)
+    given = [a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+             for i, a in enumerate(args) if a == "--dtype" or a.startswith("--dtype=")]
+    served = given[-1] if given else ("auto" if torch.cuda.is_available() else "float32")
+    msg = dtype_mismatch(probe, served, certified)
+    if msg:
+        print(msg, file=sys.stderr)
 
 
 def speculative_config(cfg: ServeConfig) -> dict[str, Any] | None:

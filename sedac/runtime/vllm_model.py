@@ -53,7 +53,9 @@ class SedacRuntime:
             self.soft, soft_table = soft_from_probe(probe, cfg.soft_family, cfg.soft_level)
             self.skip_config = P.SkipConfig(mode="never", thresholds=[0.0] * len(probe.bands))
         else:
-            self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold)
+            self.skip_config = P.thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=cfg.threshold,
+                                                       batch_concurrency=cfg.batch_concurrency)
+        _warn_dtype(probe, cfg, vllm_config.model_config.dtype)
         impl, compiled, graphs = C.resolve_impl(cfg.impl, vllm_config)
         C.check_engine(self.skip_config.mode, vllm_config, graphs)
         self.impl, self.eager, self.cuda_graphs = impl, not (compiled or graphs), graphs
@@ -167,7 +169,12 @@ class SedacRuntime:
             thr = torch.ops.sedac.dynamic_thresholds(raw, positions, self.dyn_params, self.dyn_state)
         else:
             thr = self.thr
-        skip = P.decide(raw, self.skip_config, thr=thr)
+        valid = None
+        if self.skip_config.policy == "batch":  # padding rows (CUDA graphs) must not vote
+            from sedac.runtime import vllm_rows  # noqa: F401  (registers sedac::real_rows)
+
+            valid = torch.ops.sedac.real_rows(raw)
+        skip = P.decide(raw, self.skip_config, thr=thr, valid=valid)
         self._count(skip)
         return skip
 
@@ -267,10 +274,28 @@ class SedacRuntime:
     def set_threshold(self, score: float | None = None, mode: str | None = None, policy: str | None = None) -> None:
         """Change threshold / mode / policy at run time (eager engines only: compiled graphs bake them)."""
         sc = self.skip_config
-        self.skip_config = P.SkipConfig(policy=policy or sc.policy, mode=mode or sc.mode,
-                                        thresholds=[0.0] * len(self.probe.bands))
+        pol = policy or sc.policy
+        rows = sc.min_rows if pol == sc.policy else P.batch_rows(self.probe, pol, self.cfg.batch_concurrency, False)
+        keep = score is None and pol == sc.policy  # the certified below-B offset belongs to the certified thr
+        self.skip_config = P.SkipConfig(policy=pol, mode=mode or sc.mode, min_rows=rows,
+                                        thresholds=[0.0] * len(self.probe.bands),
+                                        below_b_offset=sc.below_b_offset if keep else [])
         if score is not None:
             self.thr.fill_(self.probe.raw_threshold(score))
+
+
+def _warn_dtype(probe, cfg: SedacVllmConfig, served) -> None:
+    """Loud warning when certified thresholds are served in another dtype than they were calibrated in."""
+    from sedac.runtime.config import dtype_mismatch
+
+    msg = dtype_mismatch(probe, str(served).removeprefix("torch."), certified=cfg.threshold is None
+                         and cfg.mode in ("static", "dynamic"))
+    if msg:
+        import logging
+        import warnings
+
+        logging.getLogger("sedac").warning(msg)
+        warnings.warn(msg, stacklevel=2)
 
 
 def _is_dummy_step() -> bool:

@@ -101,3 +101,31 @@ def test_min_epsilon_is_the_zero_risk_limit():
         e = min_epsilon(n, 0.05)
         assert pvalue(np.zeros(n), e * 1.01) <= 0.05 < pvalue(np.zeros(n), e * 0.99)
     assert 0.009 < min_epsilon(300, 0.05) < 0.011
+
+
+def test_auto_bound_is_chosen_a_priori_and_matches_the_comparison():
+    """``auto`` depends on (n, eps, delta) only; on matrices shaped like sedac's (scripts/bound_comparison.py)
+    the bound it picks certifies at least as far along the grid as the other one, on both sides of the rule."""
+    import sys
+    from pathlib import Path
+
+    from sedac.calibration.bounds import resolve_bound
+    from sedac.calibration.ltt import certify
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from bound_comparison import simulate
+
+    assert resolve_bound("auto", 174, 0.05, 0.05) == "wsr" and resolve_bound("auto", 80, 0.05, 0.05) == "hb"
+    assert resolve_bound("hb", 1000, 0.05, 0.05) == "hb"
+    means = np.geomspace(0.002, 0.2, 12)
+    for n in (80, 174):
+        rng = np.random.default_rng(1)
+        idx = {b: [] for b in ("hb", "wsr")}
+        for _ in range(30):
+            m = simulate(rng, means, n, 32, 0.2)
+            for b in idx:
+                i = certify(m, 0.05, 0.05, b, with_ucb=False).index
+                idx[b].append(-1 if i is None else i)
+        chosen = resolve_bound("auto", n, 0.05, 0.05)
+        other = "hb" if chosen == "wsr" else "wsr"
+        assert np.mean(idx[chosen]) > np.mean(idx[other]), (n, idx)

@@ -39,7 +39,8 @@ def test_cli_calibrate_tiny_writes_certificate(tiny_llama, tiny_probe, tmp_path)
     from sedac.runtime.policy import thresholds_from_probe
 
     out, rep = tmp_path / "cal.safetensors", tmp_path / "rep"
-    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.5, ["--batch-concurrency", "2"]))
+    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.5, ["--batch-concurrency", "2",
+                                                                          "--test-fraction", "0.5"]))
     assert res.exit_code == 0, res.output
     assert "static-token" in res.output and "report:" in res.output
     p, orig = load_probe(out), load_probe(tiny_probe)
@@ -51,6 +52,10 @@ def test_cli_calibrate_tiny_writes_certificate(tiny_llama, tiny_probe, tmp_path)
     c = certs["static-token"]
     assert c["certified"] and c["upper_bound"] <= 0.5 and c["n_sequences"] == 12 and c["n_tokens"] == 12 * 31
     assert certs["static-batch"]["unit"].startswith("group of 2") and certs["static-batch"]["n_units"] == 6
+    assert certs["static-batch"]["batch_concurrency"] == 2 and cal["dtype"] == c["dtype"] == "float32"
+    if certs["static-batch"]["certified"]:
+        assert cal["batch_concurrency"] == 2
+        assert thresholds_from_probe(p, policy="batch").min_rows == 2
     assert {"epsilon", "delta", "bound", "data_fingerprint", "skip_rate", "test_risk", "resampling"} <= set(c)
     assert cal["provenance"]["git_revision"] and cal["default"]["mode"] in ("static", "dynamic")
     st, dy = thresholds_from_probe(p, mode="static"), thresholds_from_probe(p, mode="dynamic")  # what serving reads
@@ -66,13 +71,55 @@ def test_cli_calibrate_tiny_writes_certificate(tiny_llama, tiny_probe, tmp_path)
 
 def test_cli_calibrate_nothing_certified_exits_3(tiny_llama, tiny_probe, tmp_path):
     out, rep = tmp_path / "cal.safetensors", tmp_path / "rep"
-    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.001, ["--policies", "static-token"]))
+    # certifiable in principle (24 units: min epsilon 0.09 < 0.15), but the grid's gentlest point skips 30 %
+    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.15, ["--policies", "static-token",
+                                                                            "--grid-min-skip", "0.3",
+                                                                            "--test-fraction", "0"]))
     assert res.exit_code != 0
     from sedac.errors import CalibrationError
 
-    assert isinstance(res.exception, CalibrationError) and res.exception.exit_code == 3
-    assert "nothing certified at epsilon=0.001" in str(res.exception)
+    assert isinstance(res.exception, CalibrationError) and res.exception.exit_code == 3, res.output
+    assert "nothing certified at epsilon=0.15" in str(res.exception)
     assert not out.exists() and (rep / "report.md").exists()
+
+
+def test_uncertifiable_request_is_refused_up_front(tiny_llama, tiny_probe, tmp_path):
+    """12 calibration units cannot certify epsilon 0.1 at delta 0.1 (1 - 0.1^(1/12) = 0.175): refused
+    before the model loads, naming the relation; 0.2 passes the check."""
+    from sedac.calibration import CalibrateConfig
+    from sedac.errors import ConfigError
+
+    out, rep = tmp_path / "cal.safetensors", tmp_path / "rep"
+    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.1, ["--policies", "static-token",
+                                                                          "--test-fraction", "0.5"]))
+    assert isinstance(res.exception, ConfigError), res.output
+    assert "1 - delta^(1/n) = 0.1746" in str(res.exception) and "12 calibration units" in str(res.exception)
+    CalibrateConfig(probe="p", n_sequences=24, test_fraction=0.5, epsilon=0.18, delta=0.1, policies=["static-token"])
+    with pytest.raises(ConfigError, match="groups of 4"):  # the batch policy's units are groups of B
+        CalibrateConfig(probe="p", n_sequences=24, test_fraction=0.5, epsilon=0.18, delta=0.1,
+                        policies=["static-batch"])
+
+
+def test_defaults_can_certify_on_builtin_tasks():
+    """The documented defaults pass the up-front check with builtin-tasks' 240 prompts (232 + 8 grid)."""
+    from sedac.calibration import CalibrateConfig
+    from sedac.calibration.bounds import min_epsilon
+    from sedac.collect.data import load_records
+
+    cfg = CalibrateConfig(probe="p", data="builtin-tasks", mode="generate")
+    assert len(load_records("builtin-tasks", "train")) >= cfg.n_sequences + cfg.grid_sequences
+    n_cal = cfg.n_sequences - round(cfg.n_sequences * cfg.test_fraction)
+    assert n_cal == 174 and min_epsilon(n_cal, cfg.delta) < cfg.epsilon == 0.05
+    assert cfg.max_length - cfg.new_tokens >= 128  # generate mode keeps whole prompts by default
+
+
+def test_batch_concurrency_one_is_refused(tiny_llama, tiny_probe, tmp_path):
+    from sedac.errors import ConfigError
+
+    out, rep = tmp_path / "cal.safetensors", tmp_path / "rep"
+    res = runner.invoke(app, _args(tiny_llama, tiny_probe, out, rep, 0.5, ["--batch-concurrency", "1"]))
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
+    assert "--batch-concurrency must be >= 2" in str(res.exception)
 
 
 def test_config_errors_name_the_flag():
@@ -118,3 +165,11 @@ def test_generate_mode_scores_only_continuations(tiny_llama, tiny_probe, tmp_pat
     c = s["certificates"][0]
     # only generated tokens are scored: at most new_tokens per sequence (fewer after an early EOS)
     assert c["certified"] and 0 < c["n_tokens"] <= c["n_sequences"] * 6
+
+
+def test_help_states_the_certified_scope_and_the_units_relation():
+    flat = lambda args: " ".join(runner.invoke(app, args, env={"COLUMNS": "1000"}).output.split())  # noqa: E731
+    top = flat(["--help"])
+    assert "teacher-forced" in top and "calibration data" in top
+    cal = flat(["calibrate", "--help"])
+    assert "teacher-forced" in cal and "exchangeable" in cal and "1 - delta^(1/n)" in cal

@@ -114,3 +114,34 @@ def test_dynamic_effective_score_reproduces_runtime_decisions(setup):
         eff = dynamic_effective(full[i]["raw"].numpy(), ref, 1.0, 8.0)
         agree = (torch.from_numpy(eff >= lam) == dec[i]).float().mean()
         assert agree > 0.99  # equal up to float rounding at the boundary
+
+
+def test_batch_unit_risk_is_max_of_token_rule_and_b_concurrent(setup):
+    """The batch policy's unit risk is the larger of its sequences' risk under the below-B token rule
+    and under B concurrent decode steps; its grid pairs are ordered conservative -> aggressive."""
+    import dataclasses
+
+    from sedac.calibration import CalibrateConfig
+    from sedac.calibration.run import and_pool, measure_policy
+
+    model, parts, probe, seqs, full = setup
+    cfg = CalibrateConfig(probe="p", n_sequences=8, grid_sequences=2, grid_size=4, grid_min_skip=0.05,
+                          grid_max_skip=0.6, batch_concurrency=2, epsilon=0.9, delta=0.1, test_fraction=0.0,
+                          stop_factor=0, policies=["static-batch"])
+    raws = [f["raw"].numpy() for f in full]
+    pools = (np.concatenate([r.reshape(-1) for r in raws]), and_pool(raws, [0] * len(raws), 2))
+    spec = parse_policy("static-batch")
+    m = measure_policy(cfg, spec, model, parts, probe, seqs, full, pools, 0.0)
+    g, u = m["grid"], m["below_b"]
+    assert len(g) >= 3 and all(a >= b for a, b in zip(g, g[1:])) and all(a >= b for a, b in zip(u, u[1:]))
+    bigger_token = 0
+    for j in range(len(g)):
+        tok = skip_config(parse_policy("static-token"), probe, u[j], 0.0, 1.0, 8.0)
+        rt, _ = measure(model, parts, probe, seqs, full, tok, unit_size=1, batch_size=8, risk="top1", nll_margin=0.0)
+        bat = dataclasses.replace(skip_config(spec, probe, g[j], 0.0, 1.0, 8.0), min_rows=2,
+                                  below_b_offset=[tok.thresholds[0] - probe.raw_threshold(g[j])])
+        rb, _ = measure(model, parts, probe, seqs, full, bat, unit_size=2, batch_size=8, risk="top1", nll_margin=0.0)
+        rt_g = rt.reshape(-1, 2).mean(1)
+        np.testing.assert_allclose(m["risk"][:, j], np.maximum(rt_g, rb), atol=1e-12)
+        bigger_token += int((rt_g > rb).any())
+    assert bigger_token > 0  # the token-rule side really binds somewhere (max is not just the B side)

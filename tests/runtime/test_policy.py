@@ -41,6 +41,34 @@ def test_valid_rows_never_skip_and_do_not_block_batch():
     assert out[:, 0].tolist() == [True, True, False]
 
 
+def test_batch_rule_below_b_rows_is_the_token_rule():
+    """Steps with fewer than min_rows real rows: token rule; >= min_rows: all-or-nothing; padding
+    rows neither vote nor count towards min_rows."""
+    thr = torch.tensor([0.0])
+    cfg = P.SkipConfig(policy="batch", thresholds=[0.0], min_rows=3)
+    two = torch.tensor([[1.0], [-1.0]])
+    assert P.decide(two, cfg, thr=thr)[:, 0].tolist() == [True, False]  # 2 rows < 3: per token
+    three = torch.tensor([[1.0], [-1.0], [2.0]])
+    assert P.decide(three, cfg, thr=thr)[:, 0].tolist() == [False, False, False]  # one row fails: none skip
+    three_ok = torch.tensor([[1.0], [0.5], [2.0]])
+    assert P.decide(three_ok, cfg, thr=thr)[:, 0].tolist() == [True, True, True]
+    # 2 real rows + 2 padding rows (scores that would pass) -> still below 3 real rows: token rule
+    padded = torch.tensor([[1.0], [-1.0], [9.0], [9.0]])
+    valid = torch.tensor([True, True, False, False])
+    assert P.decide(padded, cfg, thr=thr, valid=valid)[:, 0].tolist() == [True, False, False, False]
+    # per-position steps (dim 0 = rows, dim 1 = positions), as the HF emulation calls it
+    tok = torch.tensor([[[True], [True]], [[True], [False]], [[True], [True]]])  # [3 rows, 2 positions, 1]
+    v = torch.tensor([[True, True], [True, True], [True, False]])  # position 1 has 2 real rows
+    out = P.batch_rule(tok, v, 3, dim=0)[..., 0]
+    assert out[:, 0].tolist() == [True, True, True] and out[:, 1].tolist() == [True, False, False]
+
+
+def test_batch_concurrency_one_is_refused():
+    with pytest.raises(ConfigError, match=">= 2"):
+        P.SkipConfig(policy="batch", thresholds=[0.0], min_rows=1)
+    P.SkipConfig(policy="token", thresholds=[0.0], min_rows=1)  # irrelevant for the token policy
+
+
 def test_never_and_always_modes():
     raw = torch.randn(5, 2)
     assert not P.decide(raw, P.SkipConfig(mode="never", thresholds=[0.0])).any()
@@ -88,3 +116,34 @@ def test_thresholds_from_probe():
     assert [d.lam for d in dyn.dynamic] == [0.1, 0.3]
     with pytest.raises(ProbeError, match="batch"):
         P.thresholds_from_probe(probe, policy="batch")
+    probe.meta.calibration["thresholds"]["static"]["batch"] = {"3-4": 0.8, "5-5": 0.7}
+    with pytest.raises(ProbeError, match="batch_concurrency"):  # older calibration without B: refused
+        P.thresholds_from_probe(probe, policy="batch")
+    probe.meta.calibration["batch_concurrency"] = 4
+    assert P.thresholds_from_probe(probe, policy="batch").min_rows == 4
+    with pytest.raises(ConfigError, match="certified at"):
+        P.thresholds_from_probe(probe, policy="batch", batch_concurrency=8)
+    assert P.thresholds_from_probe(probe, policy="batch", override=0.9, batch_concurrency=8).min_rows == 8
+
+
+def test_dtype_mismatch_warning():
+    from sedac.runtime.config import dtype_mismatch
+
+    probe = random_probe(FP, layer=2, bands=[(3, 4)])
+    assert dtype_mismatch(probe, "bfloat16") is None  # no calibration dtype recorded
+    probe.meta.calibration = {"dtype": "float32"}
+    assert dtype_mismatch(probe, "float32") is None and dtype_mismatch(probe, "torch.float32") is None
+    msg = dtype_mismatch(probe, "bfloat16")
+    assert msg and "certified in float32" in msg and "bfloat16" in msg
+    assert dtype_mismatch(probe, "bfloat16", certified=False) is None  # explicit thresholds: no certificate
+
+
+def test_serve_precheck_warns_when_dtype_differs(capsys):
+    from sedac.runtime.serve import ServeConfig, _warn_dtype
+
+    probe = random_probe(FP, layer=2, bands=[(3, 4)])
+    probe.meta.calibration = {"dtype": "float32"}
+    _warn_dtype(ServeConfig(model="m", probe="p", vllm_args=["--dtype", "bfloat16"]), probe, certified=True)
+    assert "certified in float32 but are served in bfloat16" in capsys.readouterr().err
+    _warn_dtype(ServeConfig(model="m", probe="p", vllm_args=["--dtype=float32"]), probe, certified=True)
+    assert capsys.readouterr().err == ""
