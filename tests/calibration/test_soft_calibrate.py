@@ -64,7 +64,8 @@ def test_served_parameters_reproduce_the_certified_measurement(calibrated, tiny_
     p = load_probe(d / "cal.safetensors")
     rep = json.loads((d / "rep" / "report.json").read_text())
     cfg = CalibrateConfig(probe=str(d / "cal.safetensors"), model=str(tiny_llama), data="builtin", max_length=32,
-                          n_sequences=24, grid_sequences=4, progress=False)
+                          n_sequences=24, grid_sequences=4, progress=False, epsilon=0.5, delta=0.1,
+                          policies=["soft-uniform", "soft-probe"])
     model, tok = load_hf(str(tiny_llama), device="cpu")
     seqs, _ = load_cal_sequences(cfg, model, tok)
     units = seqs[cfg.grid_sequences:]

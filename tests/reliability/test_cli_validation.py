@@ -226,13 +226,15 @@ def test_collect_disk_full_keeps_shards_valid_and_resumes(capsys, files, clean_c
 
 
 def test_collect_on_a_really_full_tmpfs(capsys, files, clean_collect, tmp_path, monkeypatch):
-    """The same with a real full file system: a 96 KiB tmpfs (needs root and mount rights; skipped otherwise)."""
+    """The same with a real full file system: a tmpfs of 96 KiB for shards plus room for two copies of the
+    soft-skip histogram (written beside each flush, 4 layers x 2 x 4096 float64 = 256 KiB each) (needs root and
+    mount rights; skipped otherwise)."""
     import os
     import shutil
 
     mnt = tmp_path / "tiny_fs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True, text=True) \
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=608k", "tmpfs", str(mnt)], capture_output=True, text=True) \
         if os.geteuid() == 0 and shutil.which("mount") else None
     if r is None or r.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
