@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Optional
+
 import typer
 
 
@@ -14,7 +16,11 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("smollm2-135m-instruct", "--model", help="Alias, local HF folder or hub id."),
         probe: Path = typer.Option(None, "--probe", help="Probe file; without it the server is plain vLLM."),
         policy: str = typer.Option("token", "--policy", help="token | batch"),
-        mode: str = typer.Option("static", "--mode", help="static | dynamic (certified parameters) | never | always"),
+        mode: str = typer.Option("static", "--mode", help="static | dynamic (certified parameters) | never | always | "
+                                 "soft (soft skip, docs/soft.md)"),
+        soft_family: str = typer.Option("probe", "--soft-family", help="--mode soft: certified family probe | uniform."),
+        soft_level: Optional[float] = typer.Option(None, "--soft-level", help="--mode soft: explicit uniform level "
+                                                   "(UNcertified; 0 never fires) instead of the certified family."),
         threshold: str = typer.Option("certified", "--threshold", help="'certified' (from calibration) or a score."),
         impl: str = typer.Option("auto", "--impl", help="auto | module | op"),
         speculative: str = typer.Option(None, "--speculative", help="ngram | suffix"),
@@ -35,6 +41,7 @@ def register(app: typer.Typer) -> None:
         from sedac.runtime.serve import ServeConfig, serve as run
 
         run(ServeConfig(model=model, probe=str(probe) if probe else None, policy=policy, mode=mode,
+                        soft_family=soft_family, soft_level=soft_level,
                         threshold=threshold, impl=impl, speculative=speculative,
                         num_speculative_tokens=num_speculative_tokens, prompt_lookup_max=prompt_lookup_max,
                         host=host, port=port, stats_interval_s=stats_interval, vllm_args=list(ctx.args)))

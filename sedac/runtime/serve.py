@@ -41,7 +41,9 @@ class ServeConfig:
     model: str  #: [--model] alias, local HF folder or hub id
     probe: str | None = None  #: [--probe] probe file; None = plain vLLM
     policy: str = "token"  #: [--policy] token | batch
-    mode: str = "static"  #: [--mode] static | dynamic (certified) | never | always
+    mode: str = "static"  #: [--mode] static | dynamic (certified) | never | always | soft (docs/soft.md)
+    soft_family: str = "probe"  #: [--soft-family] mode soft: certified family probe | uniform
+    soft_level: float | None = None  #: [--soft-level] mode soft: explicit uniform level (uncertified; 0 = never)
     threshold: str = "certified"  #: [--threshold] "certified" or a score threshold (float)
     impl: str = "auto"  #: [--impl] auto | module | op
     speculative: str | None = None  #: [--speculative] ngram | suffix
@@ -88,9 +90,17 @@ def sedac_block(cfg: ServeConfig, model_path: str, stats_file: str | None) -> di
     # fingerprint first, then the bands against the served model's layer count (ProbeError: corrupt / mismatch)
     probe = load_probe(cfg.probe, fingerprint_from_config(mcfg))
     thr = None if cfg.threshold == "certified" else float(cfg.threshold)
-    block = SedacVllmConfig(probe=str(Path(cfg.probe).resolve()), mode=cfg.mode, policy=cfg.policy, threshold=thr,
-                            impl=cfg.impl, stats_file=stats_file, stats_interval_s=cfg.stats_interval_s)
-    thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=thr)  # uncalibrated + certified
+    soft = cfg.mode == "soft"
+    block = SedacVllmConfig(probe=str(Path(cfg.probe).resolve()), mode=cfg.mode, policy=cfg.policy,
+                            threshold=None if soft else thr, impl=cfg.impl, stats_file=stats_file,
+                            stats_interval_s=cfg.stats_interval_s, soft_family=cfg.soft_family,
+                            soft_level=cfg.soft_level if soft else None)
+    if soft:  # the probe must carry the soft table and (unless --soft-level) the certified family parameters
+        from sedac.runtime.soft import soft_from_probe
+
+        soft_from_probe(probe, cfg.soft_family, cfg.soft_level)
+    else:
+        thresholds_from_probe(probe, mode=cfg.mode, policy=cfg.policy, override=thr)  # uncalibrated + certified
     _warn_dtype(cfg, probe, thr is None and cfg.mode in ("static", "dynamic"))
     return block.to_dict()
 

@@ -49,6 +49,31 @@ def test_plain_vllm_without_probe(tiny_llama):
     assert _value(argv, "--served-model-name") == str(tiny_llama)  # --model as given
 
 
+def test_soft_mode_block_and_refusals(tiny_llama, probes, tmp_path):
+    from sedac.probes import load_probe
+    from sedac.runtime.soft import SoftParams
+
+    with pytest.raises(ProbeError, match="no soft-skip table"):  # a probe without the table cannot serve soft
+        _argv(tiny_llama, probe=str(probes["good"]), mode="soft", soft_family="uniform")
+    p = load_probe(probes["good"])
+    n = p.meta.model_fingerprint["num_layers"]
+    import torch
+
+    p.set_soft_table(torch.cat([torch.zeros(n, 2, 1), torch.linspace(0.01, 1, 9).expand(n, 2, 9),
+                                torch.full((n, 2, 1), float("inf"))], -1), "test")
+    p.save(tmp_path / "soft.safetensors")
+    with pytest.raises(ProbeError, match="no certified soft-uniform"):
+        _argv(tiny_llama, probe=str(tmp_path / "soft.safetensors"), mode="soft", soft_family="uniform")
+    argv, _ = _argv(tiny_llama, probe=str(tmp_path / "soft.safetensors"), mode="soft", soft_level=0.2)
+    block = json.loads(_value(argv, "--additional-config"))["sedac"]
+    assert block["mode"] == "soft" and block["soft_level"] == 0.2 and block["threshold"] is None
+    p.meta.calibration = {"thresholds": {"soft": {"uniform": SoftParams(lam=0.15).to_dict()}}}
+    p.save(tmp_path / "soft.safetensors")
+    argv, _ = _argv(tiny_llama, probe=str(tmp_path / "soft.safetensors"), mode="soft", soft_family="uniform")
+    block = json.loads(_value(argv, "--additional-config"))["sedac"]
+    assert block["soft_family"] == "uniform" and block["soft_level"] is None
+
+
 def test_probe_and_speculative_args(tiny_llama, probes):
     argv, env = prepare(ServeConfig(model=str(tiny_llama), probe=str(probes["good"]), threshold="0.7",
                                     policy="batch", speculative="ngram", num_speculative_tokens=3, port=9123,
