@@ -147,11 +147,12 @@ def test_calibrate_smollm2_tiny_grid(smollm2, tmp_path):
     del model
     cfg = CalibrateConfig(probe=str(path), model=str(smollm2), data="builtin", mode="corpus", max_length=64,
                           n_sequences=16, grid_sequences=2, grid_size=3, grid_min_skip=0.002, grid_max_skip=0.05,
-                          epsilon=0.4, delta=0.1, policies=["static-token"], resamples=20, progress=False)
+                          epsilon=0.4, delta=0.1, policies=["static-token"], resamples=20, progress=False,
+                          test_fraction=0.5)
     s = calibrate(cfg)
     c = s["certificates"][0]
     assert c["certified"] and 0 <= c["empirical_risk"] <= c["upper_bound"] <= 0.4
-    assert load_probe(path).meta.calibration["certificates"][0]["n_tokens"] == 8 * 63
+    assert load_probe(path).meta.calibration["certificates"][0]["n_tokens"] == 8 * 63  # 16 units, half held out
 
 
 def test_generate_mode_scores_only_continuations(tiny_llama, tiny_probe, tmp_path):
