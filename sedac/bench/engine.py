@@ -173,6 +173,7 @@ class EngineProc:
         return payload
 
     def close(self) -> None:
+        kids = _descendants(self.proc.pid)  # vLLM's engine-core processes: never leave them behind
         try:
             if self.proc.is_alive():
                 self.conn.send(("stop",))
@@ -182,3 +183,18 @@ class EngineProc:
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(10)
+        for k in kids:  # an orphaned engine core keeps running and holds its parent's stdout/stderr open
+            try:
+                k.kill()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def _descendants(pid: int | None) -> list:
+    """Child processes (recursive) of ``pid`` as psutil handles (psutil comes with vLLM)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True) if pid else []
+    except Exception:  # noqa: BLE001 - process gone or psutil missing: nothing to reap
+        return []
