@@ -113,7 +113,10 @@ def is_draft(vllm_config) -> bool:
     """True while vLLM builds a speculative ``draft_model`` (its model_config is the draft's)."""
     spec = getattr(vllm_config, "speculative_config", None)
     draft = getattr(spec, "draft_model_config", None)
-    return draft is not None and vllm_config.model_config is draft
+    # ngram / suffix set draft_model_config to the target's own config: that is the target, not a draft
+    if draft is None or draft is getattr(spec, "target_model_config", None):
+        return False
+    return vllm_config.model_config is draft
 
 
 HOST_ONLY_KEYS = ("stats_file", "stats_interval_s")  #: sedac config keys that never change the traced graph

@@ -59,6 +59,11 @@ def test_draft_model_is_recognised():
     assert not C.is_draft(cfg)
     cfg.model_config = cfg.speculative_config.draft_model_config
     assert C.is_draft(cfg)
+    # ngram / suffix: vLLM sets draft_model_config to the target's own config object -> the target, not a draft
+    target = NS()
+    cfg.model_config = target
+    cfg.speculative_config = NS(draft_model_config=target, target_model_config=target)
+    assert not C.is_draft(cfg)
 
 
 class LlamaDecoderLayer:  # vLLM's qualname, another body
