@@ -130,6 +130,23 @@ def _band_weights(probe) -> torch.Tensor:
     return torch.tensor([b - a + 1 for a, b in probe.bands], dtype=torch.float32)
 
 
+def per_sequence(chunk, ref, scored, top1, logp, frac, risk: str, nll_margin: float,
+                 seq_risk: list[float], seq_skip: list[float]) -> None:
+    """Append each sequence's risk (share of scored positions whose top-1 differs / whose NLL grew by more
+    than ``nll_margin``) and its mean ``frac: [b, T]`` over the scored positions (one unit each)."""
+    dev = top1.device
+    for i, r in enumerate(ref):
+        n = len(chunk[i].ids)
+        m = scored[i, :n]
+        if risk == "top1":
+            bad = top1[i, :n] != r["top1"].to(dev)
+        else:
+            bad = (r["logp"].to(dev) - logp[i, :n]) > nll_margin
+        cnt = max(int(m.sum()), 1)
+        seq_risk.append(float((bad & m).sum()) / cnt)
+        seq_skip.append(float((frac[i, :n] * m).sum()) / cnt)
+
+
 @torch.no_grad()
 def measure(model, parts, probe, seqs: list[CalSequence], full: list[dict], skip_cfg, *, unit_size: int,
             batch_size: int, risk: str, nll_margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -163,16 +180,7 @@ def measure(model, parts, probe, seqs: list[CalSequence], full: list[dict], skip
                 del logits
                 dec = sk.decisions[-1].to(dev).view(ids.shape[0], ids.shape[1], -1).float()  # [b, T, nb]
                 frac = (dec * w).sum(-1) / w.sum()  # [b, T] share of band-layer MLPs skipped
-                for i, r in enumerate(ref):
-                    n = len(chunk[i].ids)
-                    m = scored[i, :n]
-                    if risk == "top1":
-                        bad = top1[i, :n] != r["top1"].to(dev)
-                    else:
-                        bad = (r["logp"].to(dev) - logp[i, :n]) > nll_margin
-                    cnt = max(int(m.sum()), 1)
-                    seq_risk.append(float((bad & m).sum()) / cnt)
-                    seq_skip.append(float((frac[i, :n] * m).sum()) / cnt)
+                per_sequence(chunk, ref, scored, top1, logp, frac, risk, nll_margin, seq_risk, seq_skip)
     r = np.asarray(seq_risk).reshape(-1, unit_size).mean(1)
     k = np.asarray(seq_skip).reshape(-1, unit_size).mean(1)
     return r, k

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sedac.calibration.risk import _pad, _targets_logp
+from sedac.calibration.risk import _pad, _targets_logp, per_sequence
 from sedac.runtime.hf_soft import install_soft, measure_histograms
 from sedac.runtime.soft import SoftParams, table_from_histograms
 
@@ -57,16 +57,7 @@ def measure_soft(model, probe, seqs, full, params: SoftParams, table, *, batch_s
             top1, logp = _targets_logp(logits, ids)
             del logits
             saved = (sk.row_saved / n_layers).view(ids.shape)  # [b, T] share of all MLP bytes not read
-            for i, r in enumerate(ref):
-                n = len(chunk[i].ids)
-                m = scored[i, :n]
-                if risk == "top1":
-                    bad = top1[i, :n] != r["top1"].to(dev)
-                else:
-                    bad = (r["logp"].to(dev) - logp[i, :n]) > nll_margin
-                cnt = max(int(m.sum()), 1)
-                seq_risk.append(float((bad & m).sum()) / cnt)
-                seq_saved.append(float((saved[i, :n] * m).sum()) / cnt)
+            per_sequence(chunk, ref, scored, top1, logp, saved, risk, nll_margin, seq_risk, seq_saved)
     return np.asarray(seq_risk), np.asarray(seq_saved)
 
 
