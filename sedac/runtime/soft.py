@@ -128,10 +128,14 @@ def _interp(x, xp, fp):
 
 
 def levels(raw: torch.Tensor | None, p: SoftParams, n: int, device) -> torch.Tensor:
-    """Per-token level ``[N]`` (float32) of the probe-controlled layers; ``raw: [N]`` raw probe score."""
+    """Per-token level ``[N]`` (float32) of the probe-controlled layers; ``raw: [N]`` raw probe score.
+
+    A non-finite score (NaN: garbage rows such as vLLM's warm-up and padding rows) gives level 0, i.e.
+    nothing dropped; +-inf saturate to 1 / 0 like any large score."""
     if p.family == "uniform" or raw is None:
         return torch.full((n,), float(p.lam), dtype=torch.float32, device=device)
-    return (p.lam + p.gamma * (raw.float() - p.ref) / p.scale).clamp(0.0, 1.0)
+    lv = p.lam + p.gamma * (raw.float() - p.ref) / p.scale
+    return torch.nan_to_num(lv, nan=0.0).clamp(0.0, 1.0)
 
 
 def thresholds(table: torch.Tensor, layer: int, level: torch.Tensor, a_x: float, a_h: float):
@@ -139,14 +143,14 @@ def thresholds(table: torch.Tensor, layer: int, level: torch.Tensor, a_x: float,
 
     ``table: [L, 2, Q]`` from :func:`table_from_histograms` (same device as ``level``). Linear
     interpolation between quantile points; sparsity ``>= 1`` gives ``+inf`` (whole MLP dropped),
-    sparsity 0 gives 0 (nothing dropped).
+    sparsity 0 gives 0 (nothing dropped), and so does a NaN level: the table index is always in range.
     """
     q = table.shape[-1] - 1
     out = []
     for m, a in ((0, a_x), (1, a_h)):
-        s = (level * a).clamp(0.0, 1.0)
+        s = torch.nan_to_num(level * a, nan=0.0).clamp(0.0, 1.0)
         pos = s * q
-        lo = pos.floor().clamp(max=q - 1).long()
+        lo = pos.floor().clamp(0, q - 1).long()
         w = pos - lo.float()
         row = table[layer, m]
         t_lo, t_hi = row[lo], row[lo + 1]

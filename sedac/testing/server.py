@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sedac.testing.logs import log_excerpt
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -40,7 +42,7 @@ def sedac_server(args: list[str], log_path: Path, timeout_s: float = 400, env: d
             deadline = time.time() + timeout_s
             while True:
                 if proc.poll() is not None:
-                    tail = "\n".join(Path(log_path).read_text().splitlines()[-30:])
+                    tail = log_excerpt(log_path)
                     raise RuntimeError(f"sedac serve exited (rc={proc.returncode}):\n{tail}")
                 try:
                     if httpx.get(f"{base}/health", timeout=2).status_code == 200:

@@ -39,6 +39,18 @@ def test_level_ends_keep_all_and_drop_all():
     assert math.isinf(thr_h[2]) and not math.isinf(thr_x[2])  # a_h = 2: h fully dropped at level 0.6
 
 
+def test_garbage_rows_keep_everything_and_index_in_range():
+    """vLLM's warm-up runs the model on uninitialised rows: NaN scores must not index outside the table
+    (the compiled CPU kernel aborted the engine on exactly this: ``index out of bounds: 0 <= tmp < 201``)."""
+    table, _ = _table()
+    p = S.SoftParams(family="probe", lam=0.3, gamma=0.2, ref=0.0, scale=1.0)
+    raw = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    lv = S.levels(raw, p, 4, raw.device)
+    assert lv.tolist() == pytest.approx([0.0, 1.0, 0.0, 0.3])
+    thr_x, thr_h = S.thresholds(table, 0, torch.tensor([float("nan"), 0.3]), 1.0, 1.0)
+    assert thr_x[0] == 0 and thr_h[0] == 0 and thr_x[1] > 0
+
+
 def test_probe_levels_monotone_in_lam_and_clipped():
     raw = torch.linspace(-5, 5, 11)
     prev = None

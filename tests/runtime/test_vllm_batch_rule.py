@@ -20,6 +20,8 @@ import types
 from pathlib import Path
 
 import pytest
+
+from sedac.testing.logs import log_excerpt
 import torch
 
 HERE = Path(__file__).resolve()
@@ -99,7 +101,7 @@ def engine(tiny_llama, tmp_path_factory):
         proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
                               stderr=subprocess.STDOUT, timeout=900)
     if proc.returncode != 0 or not out_p.exists():
-        pytest.fail("engine failed:\n" + "\n".join(log_p.read_text().splitlines()[-40:]))
+        pytest.fail("engine failed:\n" + log_excerpt(log_p))
     return dict(out=json.loads(out_p.read_text()), model=model, probe=probe, thr_b=probe.raw_threshold(sv),
                 thr_u=probe.raw_threshold(su))
 

@@ -20,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from sedac.testing.logs import log_excerpt
 import torch
 
 HERE = Path(__file__).resolve()
@@ -95,7 +97,7 @@ def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: 
         assert proc.returncode != 0 and not out_p.exists(), f"engine {name} should have failed"
         return log_p.read_text()
     if proc.returncode != 0 or not out_p.exists():
-        tail = "\n".join(log_p.read_text().splitlines()[-40:])
+        tail = log_excerpt(log_p)
         pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n{tail}")
     return json.loads(out_p.read_text())
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sedac.testing.logs import log_excerpt
+
 HERE = Path(__file__).resolve()
 ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_batched_tokens=32, max_num_seqs=4,
               enable_prefix_caching=False, seed=0)
@@ -52,7 +54,7 @@ def _run(tmp: Path, name: str, spec: dict, plugins: bool = True) -> dict:
         proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
                               stderr=subprocess.STDOUT, timeout=900)
     if proc.returncode != 0 or not out_p.exists():
-        pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n" + "\n".join(log_p.read_text().splitlines()[-40:]))
+        pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n" + log_excerpt(log_p))
     return json.loads(out_p.read_text())
 
 
