@@ -48,6 +48,10 @@ class CalibrateConfig:
     soft_gamma: float = 0.1  #: --soft-gamma: level change per std of the probe score (soft-probe; fixed)
     soft_a_x: float = 1.0  #: --soft-a-x: sparsity of the gate/up input per unit of level (fixed)
     soft_a_h: float = 1.0  #: --soft-a-h: sparsity of the down input per unit of level (fixed)
+    #: --soft-alloc: how soft sparsity is spread over layers: uniform (TEAL's one level everywhere) or greedy
+    #: (per-layer allocation measured on the grid-selection sequences, sedac.calibration.soft_alloc)
+    soft_alloc: str = "uniform"
+    soft_alloc_target: float = 0.2  #: --soft-alloc-target: byte share the greedy allocation is built for
     test_fraction: float = 0.25  #: --test-fraction: held-out share of the units (0: none)
     resamples: int = 100  #: --resamples: random calibrate/test splits in the resampling check
     seed: int = 0  #: --seed: data order, splits
@@ -104,6 +108,10 @@ class CalibrateConfig:
             raise ConfigError(f"--soft-levels must be strictly increasing values in (0, 1], got {lv}")
         if self.soft_gamma < 0 or self.soft_a_x < 0 or self.soft_a_h < 0:
             raise ConfigError("--soft-gamma, --soft-a-x and --soft-a-h must be >= 0")
+        if self.soft_alloc not in ("uniform", "greedy"):
+            raise ConfigError(f"--soft-alloc must be uniform or greedy, got {self.soft_alloc!r}")
+        if not 0 < self.soft_alloc_target <= 0.8:
+            raise ConfigError(f"--soft-alloc-target must be in (0, 0.8], got {self.soft_alloc_target}")
         if isinstance(self.policies, str):
             self.policies = [p.strip() for p in self.policies.split(",") if p.strip()]
         if not self.policies:

@@ -188,6 +188,7 @@ def certify_policy(cfg, spec, m: dict[str, Any], n_tokens_per_unit: np.ndarray, 
         cert["dynamic"] = {"ref": ref, "gamma": cfg.gamma, "prior_tokens": cfg.prior_tokens}
     if spec.mode == "soft":
         cert["soft"] = m["soft"] | ({"lam": float(grid[j])} if j is not None else {})
+        cert["soft_alloc"] = m.get("soft_alloc") or {"rule": "uniform"}
     curve = {"grid": list(map(float, grid)), "below_b": m.get("below_b"), "risk_cal": res.risks, "ucb_cal": res.ucbs, "p_value": res.pvalues,
              "unit_risk": R.tolist(), "calibration_units": cal.tolist(),
              "skip_cal": [col(K, cal, k) for k in range(len(grid))],
@@ -250,16 +251,21 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
                 eff = eff_static if s.mode == "static" else eff_dyn
                 pools[s.name] = (pools[s.name], and_pool(eff, firsts, cfg.batch_concurrency))
         measured: dict[str, Any] = {}
-        soft_tab = None
+        soft_tab, soft_alloc = None, None
         for spec in sorted(specs, key=lambda s: s.policy != "token"):  # token first: batch reuses it
             if spec.mode == "soft":
-                from sedac.calibration.soft import measure_soft_policy, probe_score_stats, soft_table
+                from sedac.calibration.soft import (allocated_table, measure_soft_policy, probe_score_stats,
+                                                    soft_table)
 
                 if soft_tab is None:
                     soft_tab, soft_src = soft_table(probe, model, grid_seqs)
+                    if cfg.soft_alloc == "greedy":
+                        soft_tab, soft_src, soft_alloc = allocated_table(cfg, probe, model, soft_tab, soft_src,
+                                                                         grid_seqs, bar)
                 sref, sscale = probe_score_stats(probe, full_grid, grid_seqs)
                 m = measure_soft_policy(cfg, spec.policy, model, probe, units, full, soft_tab, sref, sscale, bar)
                 m["soft"] = soft_params(spec.policy, 0.0, cfg, sref, sscale).to_dict()
+                m["soft_alloc"] = soft_alloc
                 measured[spec.name] = m
                 continue
             measured[spec.name] = measure_policy(cfg, spec, model, parts, probe, units, full, pools[spec.name],

@@ -34,6 +34,20 @@ def soft_table(probe, model, grid_seqs) -> tuple[torch.Tensor, str]:
     return table_from_histograms(hist.counts), "grid-selection sequences"
 
 
+def allocated_table(cfg, probe, model, table, source: str, grid_seqs, bar=None):
+    """``(table, source, info)`` with the greedy per-layer allocation folded in (``--soft-alloc greedy``)."""
+    from sedac.calibration.soft_alloc import allocate
+    from sedac.errors import ConfigError
+
+    if "allocation" in (probe.meta.soft or {}).get("source", ""):
+        raise ConfigError("--soft-alloc greedy: this probe's soft table already has an allocation folded in "
+                          f"({probe.meta.soft['source']}); calibrate the probe it came from, or use --soft-alloc uniform")
+    task = bar.add_task("soft alloc    ", total=2 * table.shape[0]) if bar is not None else None
+    table, info = allocate(model, table, grid_seqs, cfg.soft_alloc_target, cfg.batch_size,
+                           progress=(lambda k: bar.advance(task, k)) if bar is not None else None)
+    return table, f"{source} + greedy allocation (target {cfg.soft_alloc_target:g}) on grid-selection sequences", info
+
+
 def soft_params(family: str, lam: float, cfg, ref: float, scale: float) -> SoftParams:
     if family == "uniform":
         return SoftParams(family="uniform", lam=float(lam), a_x=cfg.soft_a_x, a_h=cfg.soft_a_h)

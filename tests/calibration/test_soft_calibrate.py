@@ -13,8 +13,8 @@ from sedac.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def calibrated(tiny_llama, tmp_path_factory):
+@pytest.fixture(scope="module", params=["uniform", "greedy"])
+def calibrated(tiny_llama, tmp_path_factory, request):
     from sedac.adapter import adapt
     from sedac.models.loading import load_hf
     from sedac.testing.probes import random_probe
@@ -27,16 +27,16 @@ def calibrated(tiny_llama, tmp_path_factory):
             "--max-length", "32", "--n-sequences", "24", "--grid-sequences", "4", "--epsilon", "0.5", "--delta", "0.1",
             "--out", str(d / "cal.safetensors"), "--report-dir", str(d / "rep"), "--resamples", "5",
             "--policies", "soft-uniform,soft-probe", "--soft-levels", "0.05,0.1,0.2", "--soft-gamma", "0.2",
-            "--stop-factor", "0"]
+            "--stop-factor", "0", "--soft-alloc", request.param, "--soft-alloc-target", "0.1"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    return d, model
+    return d, model, request.param
 
 
 def test_soft_certificates_and_table_written(calibrated):
     from sedac.probes import load_probe
 
-    d, _ = calibrated
+    d, _, alloc = calibrated
     p = load_probe(d / "cal.safetensors")
     assert p.meta.format_version == 2 and p.soft_table() is not None
     certs = {c["name"]: c for c in p.meta.calibration["certificates"]}
@@ -45,6 +45,8 @@ def test_soft_certificates_and_table_written(calibrated):
         assert c["certified"] and c["value_kind"] == "soft level lam"
         assert c["soft"]["lam"] == c["value"]
         assert 0 < c["mlp_bytes_saved"] <= 1
+        assert c["soft_alloc"]["rule"] == alloc
+    assert ("greedy allocation" in p.meta.soft["source"]) == (alloc == "greedy")
     rep = json.loads((d / "rep" / "report.json").read_text())
     assert rep["curves"]["soft-uniform"]["grid"] == [0.05, 0.1, 0.2]
 
@@ -60,7 +62,7 @@ def test_served_parameters_reproduce_the_certified_measurement(calibrated, tiny_
     from sedac.probes import load_probe
     from sedac.runtime.soft import soft_from_probe
 
-    d, _ = calibrated
+    d, _, _ = calibrated
     p = load_probe(d / "cal.safetensors")
     rep = json.loads((d / "rep" / "report.json").read_text())
     cfg = CalibrateConfig(probe=str(d / "cal.safetensors"), model=str(tiny_llama), data="builtin", max_length=32,
