@@ -52,8 +52,10 @@ def main() -> None:
     ap.add_argument("--grid-sequences", type=int, default=8)
     ap.add_argument("--test-fraction", type=float, default=0.25)
     ap.add_argument("--bound", default="wsr")
-    ap.add_argument("--soft-levels", default="0.06,0.09,0.12,0.15,0.18,0.21,0.25,0.3")
+    ap.add_argument("--soft-levels", default="0.06,0.08,0.1,0.11,0.12,0.13,0.14,0.15,0.16,0.18,0.2,0.25")
     ap.add_argument("--soft-gamma", type=float, default=0.1)
+    ap.add_argument("--soft-alloc", default="greedy", help="uniform | greedy (per-layer allocation, docs/soft.md)")
+    ap.add_argument("--soft-alloc-target", type=float, default=0.15)
     ap.add_argument("--epsilon", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=0.05)
     a = ap.parse_args()
@@ -71,15 +73,17 @@ def main() -> None:
             "--test-fraction", str(a.test_fraction), "--policies", "static-token,soft-uniform,soft-probe",
             "--grid-size", "8", "--grid-min-skip", "0.005", "--grid-max-skip", "0.3",
             "--soft-levels", a.soft_levels, "--soft-gamma", str(a.soft_gamma),
+            "--soft-alloc", a.soft_alloc, "--soft-alloc-target", str(a.soft_alloc_target),
             "--out", str(w / "calibrated.safetensors"), "--report-dir", str(report)])
     rep = json.loads((report / "report.json").read_text())
-    certs = {c["name"]: c for c in rep["certificates"]}
+    certs = {c["name"]: c for c in rep["summary"]}
     pol = {}
     for name, c in certs.items():
         pol[name] = {"certified": bool(c["certified"]), "mlp_bytes_saved_test": c.get("mlp_bytes_saved_test"),
                      "risk_test": c["test_risk"], "value": c["value"], "value_kind": c["value_kind"],
                      "risk_cal": c["empirical_risk"], "ucb_cal": c["upper_bound"],
-                     "mlp_bytes_saved_cal": c.get("mlp_bytes_saved"), "soft": c.get("soft")}
+                     "mlp_bytes_saved_cal": c.get("mlp_bytes_saved"), "soft": c.get("soft"),
+                     "soft_alloc": {k: v for k, v in (c.get("soft_alloc") or {}).items() if k != "kl"} or None}
     c0 = next(iter(certs.values()))
     out = {"epsilon": a.epsilon, "delta": a.delta, "bound": a.bound, "policies": pol,
            "n_calibration_units": c0["n_units"], "n_test_units": c0["split"]["test_units"],

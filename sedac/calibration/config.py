@@ -51,7 +51,7 @@ class CalibrateConfig:
     #: --soft-alloc: how soft sparsity is spread over layers: uniform (TEAL's one level everywhere) or greedy
     #: (per-layer allocation measured on the grid-selection sequences, sedac.calibration.soft_alloc)
     soft_alloc: str = "uniform"
-    soft_alloc_target: float = 0.2  #: --soft-alloc-target: byte share the greedy allocation is built for
+    soft_alloc_target: float = 0.15  #: --soft-alloc-target: byte share the greedy allocation is built for
     test_fraction: float = 0.25  #: --test-fraction: held-out share of the units (0: none)
     resamples: int = 100  #: --resamples: random calibrate/test splits in the resampling check
     seed: int = 0  #: --seed: data order, splits
@@ -110,8 +110,8 @@ class CalibrateConfig:
             raise ConfigError("--soft-gamma, --soft-a-x and --soft-a-h must be >= 0")
         if self.soft_alloc not in ("uniform", "greedy"):
             raise ConfigError(f"--soft-alloc must be uniform or greedy, got {self.soft_alloc!r}")
-        if not 0 < self.soft_alloc_target <= 0.8:
-            raise ConfigError(f"--soft-alloc-target must be in (0, 0.8], got {self.soft_alloc_target}")
+        if not 0 < self.soft_alloc_target <= 0.7:
+            raise ConfigError(f"--soft-alloc-target must be in (0, 0.7], got {self.soft_alloc_target}")
         if isinstance(self.policies, str):
             self.policies = [p.strip() for p in self.policies.split(",") if p.strip()]
         if not self.policies:

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         soft_alloc: str = typer.Option("uniform", "--soft-alloc", help="Soft: spread of sparsity over layers: uniform "
                                        "(same in every layer) or greedy (per-layer sensitivity on the grid-selection "
                                        "sequences; docs/soft.md)."),
-        soft_alloc_target: float = typer.Option(0.2, "--soft-alloc-target", help="Soft, greedy: MLP-bytes share the "
+        soft_alloc_target: float = typer.Option(0.15, "--soft-alloc-target", help="Soft, greedy: MLP-bytes share the "
                                                 "allocation is built for."),
         test_fraction: float = typer.Option(0.25, "--test-fraction", help="Held-out share of the units (not used to certify)."),
         resamples: int = typer.Option(100, "--resamples", help="Random splits in the descriptive resampling figure."),
