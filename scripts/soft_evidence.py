@@ -74,7 +74,7 @@ def main() -> None:
             "--grid-size", "8", "--grid-min-skip", "0.005", "--grid-max-skip", "0.3",
             "--soft-levels", a.soft_levels, "--soft-gamma", str(a.soft_gamma),
             "--soft-alloc", a.soft_alloc, "--soft-alloc-target", str(a.soft_alloc_target),
-            "--out", str(w / "calibrated.safetensors"), "--report-dir", str(report)])
+            "--out", str(w / "calibrated.safetensors"), "--report-dir", str(report.relative_to(ROOT))])
     rep = json.loads((report / "report.json").read_text())
     certs = {c["name"]: c for c in rep["summary"]}
     pol = {}
@@ -91,7 +91,7 @@ def main() -> None:
            "probe": {"layer": a.layer, "target": a.target, "band_label": f"soft@{a.soft_label}",
                      "trained_on": "builtin (70 prompts)"},
            "model": "smollm2-135m-instruct (float32, CPU)",
-           "command": "python scripts/soft_evidence.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+           "command": " ".join(["python scripts/soft_evidence.py", *map(shlex.quote, sys.argv[1:])]),
            "wall_s": round(time.time() - t0)}
     (EVIDENCE / "soft-skip-smollm2.json").write_text(json.dumps(out, indent=2) + "\n")
     f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
