@@ -29,13 +29,7 @@ from sedac.calibration.ltt import certify, resampling_check, split_indices
 from sedac.calibration.policies import dynamic_effective, grid_values, parse_policy, skip_config, threshold_entry
 from sedac.calibration.soft import soft_params
 from sedac.errors import CalibrationError
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=False)
+from sedac.progress import task_progress
 
 
 def measure_policy(cfg, spec, model, parts, probe, seqs, full, raw_pool, ref, bar=None,
@@ -226,7 +220,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     parts = adapt(model)
     probe.check_model(parts.fingerprint)
     specs = [parse_policy(p) for p in cfg.policies]
-    with _progress(cfg.progress) as bar:
+    with task_progress(cfg.progress) as bar:
         n_gen = cfg.grid_sequences + cfg.n_sequences
         t = bar.add_task("data          ", total=n_gen if cfg.mode == "generate" else 1)
         seqs, data_fp = load_cal_sequences(cfg, model, tok, progress=lambda k: bar.advance(t, k))
