@@ -36,3 +36,12 @@ def test_lines_at_completion_and_interval():
         bar.advance(u)
     assert [ln.split(" (")[0] for ln in out2.getvalue().splitlines()] == ["[full model] 1/10", "[full model] 2/10",
                                                                           "[full model] 3/10"]
+
+
+def test_collect_progress_prints_lines_into_a_log(capsys):
+    from sedac.collect.progress import Progress
+
+    with Progress(total=3, done=1, label="collect") as bar:
+        bar.update(2, 100, 2.0)
+    err = capsys.readouterr().err
+    assert err.startswith("[collect] 3/3 (")

@@ -1,6 +1,8 @@
-"""A small rich progress bar showing sequences and tokens/s (no-op when disabled)."""
+"""A small rich progress bar showing sequences and tokens/s (no-op when disabled; plain lines in a log)."""
 
 from __future__ import annotations
+
+import sys
 
 
 class Progress:
@@ -10,7 +12,13 @@ class Progress:
         self._p = None
 
     def __enter__(self) -> "Progress":
-        if self.enabled:
+        if self.enabled and not sys.stderr.isatty():  # rich would draw nothing into a log file
+            from sedac.progress import LineProgress
+
+            self._p = LineProgress(sys.stderr)
+            self._task = self._p.add_task(self.label, total=self.total)
+            self._p.tasks[self._task].completed = self.done
+        elif self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn
 
             self._p = RP(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
