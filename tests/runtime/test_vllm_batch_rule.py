@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
-
-from sedac.testing.logs import log_excerpt
 import torch
+
+from sedac.testing.engines import run_driver
 
 HERE = Path(__file__).resolve()
 B = 3
@@ -92,17 +90,8 @@ def engine(tiny_llama, tmp_path_factory):
         "thresholds": {"static": {"batch": {"2-3": {"threshold": sv, "below_b": su}}}},
         "batch_concurrency": B, "dtype": "float32"}, out=tmp / "cal.safetensors")
     spec = dict(model=str(tiny_llama), engine=ENGINE, probe=str(path))
-    spec_p, out_p, log_p = tmp / "spec.json", tmp / "out.json", tmp / "log.txt"
-    spec_p.write_text(json.dumps(spec))
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("SEDAC_VLLM_CONFIG", None)
-    env.pop("VLLM_PLUGINS", None)
-    with open(log_p, "w") as log:
-        proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=900)
-    if proc.returncode != 0 or not out_p.exists():
-        pytest.fail("engine failed:\n" + log_excerpt(log_p))
-    return dict(out=json.loads(out_p.read_text()), model=model, probe=probe, thr_b=probe.raw_threshold(sv),
+    out = run_driver(HERE, tmp, "engine", spec, timeout=900)
+    return dict(out=out, model=model, probe=probe, thr_b=probe.raw_threshold(sv),
                 thr_u=probe.raw_threshold(su))
 
 

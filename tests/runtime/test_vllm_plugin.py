@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from sedac.testing.logs import log_excerpt
 import torch
+
+from sedac.testing.engines import run_driver
 
 HERE = Path(__file__).resolve()
 # not in the driver (run as __main__): querying CUDA there would make vLLM's forked engine core fail
@@ -80,26 +78,8 @@ def _drive(spec: dict) -> dict:
 
 def run_engine(tmp: Path, name: str, spec: dict, plugins: bool = True, timeout: int = 600,
                expect_fail: bool = False) -> dict | str:
-    """Run one engine spec in a subprocess; returns its JSON (fails with the log tail).
-    ``expect_fail``: the engine must fail; returns its log."""
-    spec_p, out_p, log_p = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.log"
-    spec_p.write_text(json.dumps(spec))
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("SEDAC_VLLM_CONFIG", None)
-    if not plugins:
-        env["VLLM_PLUGINS"] = ""
-    else:
-        env.pop("VLLM_PLUGINS", None)
-    with open(log_p, "w") as log:
-        proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout)
-    if expect_fail:
-        assert proc.returncode != 0 and not out_p.exists(), f"engine {name} should have failed"
-        return log_p.read_text()
-    if proc.returncode != 0 or not out_p.exists():
-        tail = log_excerpt(log_p)
-        pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n{tail}")
-    return json.loads(out_p.read_text())
+    """Run one engine spec in a subprocess (this file is the driver); see :func:`run_driver`."""
+    return run_driver(HERE, tmp, name, spec, plugins=plugins, timeout=timeout, expect_fail=expect_fail)
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -6,20 +6,19 @@ Engines run in subprocesses; this file is also their driver script (``python tes
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from sedac.testing.logs import log_excerpt
+from sedac.testing.engines import run_driver
 
 HERE = Path(__file__).resolve()
 ENGINE = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_batched_tokens=32, max_num_seqs=4,
               enable_prefix_caching=False, seed=0)
 # not in the driver (run as __main__): querying CUDA there would make vLLM's forked engine core fail
-ON_CUDA = __name__ != "__main__" and __import__("torch").cuda.is_available()
+ON_CUDA = __name__ != "__main__" and torch.cuda.is_available()
 if ON_CUDA:
     # as test_vllm_plugin.py: a fixed small KV cache (no memory profiling race with parallel test groups)
     ENGINE.update(gpu_memory_utilization=0.5, kv_cache_memory_bytes=256 << 20, attention_backend="TRITON_ATTN")
@@ -48,28 +47,12 @@ def _drive(spec: dict) -> dict:
 
 
 def _run(tmp: Path, name: str, spec: dict, plugins: bool = True, expect_fail: bool = False):
-    spec_p, out_p, log_p = tmp / f"{name}.spec.json", tmp / f"{name}.out.json", tmp / f"{name}.log"
-    spec_p.write_text(json.dumps(spec))
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("SEDAC_VLLM_CONFIG", None)
-    env.pop("VLLM_PLUGINS", None)
-    if not plugins:
-        env["VLLM_PLUGINS"] = ""
-    with open(log_p, "w") as log:
-        proc = subprocess.run([sys.executable, str(HERE), str(spec_p), str(out_p)], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=900)
-    if expect_fail:
-        assert proc.returncode != 0 and not out_p.exists(), f"engine {name} should have failed"
-        return log_p.read_text()
-    if proc.returncode != 0 or not out_p.exists():
-        pytest.fail(f"engine {name} failed (rc={proc.returncode}):\n" + log_excerpt(log_p))
-    return json.loads(out_p.read_text())
+    return run_driver(HERE, tmp, name, spec, plugins=plugins, timeout=900, expect_fail=expect_fail)
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama, tmp_path_factory):
     """A probe (layer 1) carrying a soft table and certified-looking soft-probe parameters."""
-    import torch
 
     from sedac.adapter import adapt
     from sedac.models.loading import load_hf
@@ -113,7 +96,6 @@ def test_never_firing_soft_equals_plain_vllm(tiny_llama, setup, plain):
 
 def test_soft_levels_and_saved_bytes_match_hf(setup, soft_eager, plain):
     """Per token: vLLM's probe-controlled level and saved-bytes share = the HF reference's (teacher-forced)."""
-    import torch
 
     from sedac.runtime import soft as S
     from sedac.runtime.hf_soft import install_soft
