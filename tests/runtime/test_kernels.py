@@ -173,6 +173,22 @@ def test_gpu_kernels_odd_shape(n):
 
 
 @gpu
+@pytest.mark.parametrize("n", [2, 4, 33])
+def test_gpu_float32_rows_at_full_precision(n):
+    """float32 models (vLLM's default matmul precision is "highest"): the tensor-core path must not round
+    to TF32, or a row's output would depend on how many rows share the step (spec decoding vs not)."""
+    from sedac.runtime.kernels.mlp_triton import skip_mlp_triton
+
+    x, wgu, wd = _inputs(n, 512, 1024, torch.float32, device="cuda", seed=11)
+    keep = torch.ones(n, dtype=torch.bool, device="cuda")
+    y = skip_mlp_triton(x, keep, wgu, wd)
+    ref = dense_reference(x.double(), keep, wgu.double(), wd.double())
+    assert rel_err(y.double(), ref) < 1e-5  # TF32 (10-bit mantissa) gives ~1e-3
+    y1 = skip_mlp_triton(x[:1].contiguous(), keep[:1], wgu, wd)
+    assert rel_err(y[:1].double(), y1.double()) < 1e-5
+
+
+@gpu
 @pytest.mark.parametrize("n", [1, 8, 130])
 def test_gpu_op_dispatch(n):
     from sedac.runtime.mlp_ops import ensure_cuda_kernels

@@ -128,3 +128,18 @@ def test_dense_steps_count_as_evaluated():
     rt.dense_above = None  # module impl / CPU op: skipped rows are never computed
     rt._count(torch.ones(65, 1, dtype=torch.bool))
     assert rt.counts[:, 0].tolist() == [129, 194]
+
+
+def test_warmup_forwards_are_not_traffic():
+    """vLLM's V2 runner (its CUDA default for dense models) warms up with real execute_model steps on
+    made-up requests; a forward under any of vLLM's warm-up functions is not recorded or counted."""
+    from sedac.runtime.vllm_model import _WARMUP_FRAMES, _is_dummy_step
+
+    assert _is_dummy_step() is False  # a plain call: traffic
+    for name in sorted(_WARMUP_FRAMES):
+        ns: dict = {}
+        code = f"def {name}(probe):\n    return (lambda: probe())()\n"  # nested: any depth counts
+        exec(compile(code, "/site/vllm/v1/worker/gpu/warmup.py", "exec"), ns)
+        assert ns[name](_is_dummy_step) is True, name
+        exec(compile(code, "/site/other/warmup.py", "exec"), ns)  # only vLLM's own functions
+        assert ns[name](_is_dummy_step) is False, name

@@ -73,6 +73,9 @@ def _drive(spec: dict) -> dict:
             out[name] = llm.collective_rpc("sedac_count_mlp_rows", args=(False,))[0]
         elif do == "decisions":
             out[name] = llm.collective_rpc("sedac_decisions")[0]
+        elif do == "ranks":  # every tensor-parallel rank's decisions and counters
+            out[name] = {"decisions": llm.collective_rpc("sedac_decisions"),
+                         "stats": llm.collective_rpc("sedac_stats")}
     return out
 
 
@@ -415,8 +418,33 @@ def test_speculative_ngram_keeps_greedy_outputs(tiny_llama, tiny_setup):
     eng = COMPILED if ON_CUDA else TINY_ENGINE
     plain = run_engine(tiny_setup["tmp"], "spec_off", dict(base, engine=eng))
     spec = run_engine(tiny_setup["tmp"], "spec_ngram", dict(base, engine=dict(eng, speculative_config=spec_cfg)))
-    assert spec["gen"] == plain["gen"]
+    if spec["gen"] != plain["gen"]:  # say whether vLLM alone keeps the outputs on this device
+        off = dict(base, sedac={}, probe=None, actions=base["actions"][:1])
+        v0 = run_engine(tiny_setup["tmp"], "spec_off_vllm", dict(off, engine=eng), plugins=False)
+        v1 = run_engine(tiny_setup["tmp"], "spec_ngram_vllm", dict(off, engine=dict(eng, speculative_config=spec_cfg)),
+                        plugins=False)
+        pytest.fail(f"ngram speculation changed sedac's greedy outputs; plain vLLM's {'also' if v0 != v1 else 'did not'}"
+                    f"\nsedac off/on spec: {plain['gen']}\n{spec['gen']}\nvLLM: {v0['gen']}\n{v1['gen']}")
     assert spec["stats"]["bands"]["2-3"]["skipped"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ON_CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (kind nvidia-h200-x2)")
+def test_tensor_parallel_two_ranks(tiny_llama, tiny_setup, plain, sedac):
+    """TP = 2 (eager, impl module): never-firing sedac gives TP = 1's greedy outputs, a static threshold gives
+    TP = 1's sedac outputs, and both ranks take exactly the same decisions (each rank's record compared)."""
+    acts = [{"do": "generate", "name": "never", "max_tokens": 12}, {"do": "reset"},
+            {"do": "set", "kwargs": {"mode": "static", "threshold": tiny_setup["score"]}},
+            {"do": "generate", "name": "thr", "max_tokens": 12}, {"do": "ranks"}]
+    spec = dict(model=str(tiny_llama), engine=dict(TINY_ENGINE, tensor_parallel_size=2), prompts=TINY_PROMPTS,
+                probe=tiny_setup["probe_path"], sedac={"threshold": 1.0, "record": True}, actions=acts)
+    out = run_engine(tiny_setup["tmp"], "tp2", spec)
+    assert out["never"] == plain["base"]
+    assert out["thr"] == sedac["thr"]
+    dec, st = out["ranks"]["decisions"], out["ranks"]["stats"]
+    assert len(dec) == len(st) == 2 and dec[0] and dec[0] == dec[1]
+    assert st[0]["bands"] == st[1]["bands"] and st[0]["impl"] == "module"
+    assert 0 < st[0]["bands"]["2-3"]["skipped"] < st[0]["bands"]["2-3"]["evaluated"]
 
 
 if __name__ == "__main__":

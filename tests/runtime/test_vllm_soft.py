@@ -136,16 +136,16 @@ def test_soft_counters_report_saved_bytes(soft_eager):
 
 
 def test_soft_compiled_matches_eager(tiny_llama, setup, soft_eager):
+    """Compiled (on CUDA: CUDA graphs, the sedac::sparse_mlp kernels) serves eager's tokens and saved bytes."""
     compiled = dict(ENGINE, enforce_eager=False)
-    if ON_CUDA:  # refused on CUDA until a GPU run verifies it (docs/soft.md)
-        log = _run(setup["tmp"], "soft_compiled", _spec(tiny_llama, setup, engine=compiled, mode="soft",
-                                                      soft_family="probe"), expect_fail=True)
-        assert "runs eager only" in log
-        return
     out = _run(setup["tmp"], "soft_compiled", _spec(tiny_llama, setup, engine=compiled, mode="soft", soft_family="probe"))
+    if ON_CUDA:
+        assert out["stats"]["impl"] == "op"
     assert out["tokens"] == soft_eager["tokens"]
+    # the CUDA kernels count x's zeros exactly and h at its nominal quantile share (reading h back would cost a
+    # pass), eager counts both exactly: equal on the CPU, close on CUDA
     assert out["stats"]["mlp_bytes_saved_fraction"] == pytest.approx(
-        soft_eager["stats"]["mlp_bytes_saved_fraction"], rel=1e-3)
+        soft_eager["stats"]["mlp_bytes_saved_fraction"], rel=0.1 if ON_CUDA else 1e-3)
 
 
 if __name__ == "__main__":

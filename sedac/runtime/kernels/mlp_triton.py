@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sedac.runtime.kernels.splitk import counters, finish_tile
+from sedac.runtime.kernels.splitk import counters, dot_precision, finish_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use the masked torch path
@@ -121,7 +121,7 @@ def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, H, I,
 @triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["BM", "H", "I"])
 @triton.jit
 def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """2 <= N <= BM: h[m, n] = silu(x[m] . Wg[n]) * (x[m] . Wu[n]) for kept rows (0 for skipped rows)."""
     pid = tl.program_id(0)
     rm = tl.arange(0, BM)
@@ -140,8 +140,8 @@ def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
             wmask = kmask[:, None] & nmask[None, :]
             wg = tl.load(w_ptr + rn[None, :] * H + kk[:, None], mask=wmask, other=0.0)  # [BK, BN]
             wu = tl.load(w_ptr + (rn[None, :] + I) * H + kk[:, None], mask=wmask, other=0.0)
-            accg += tl.dot(x, wg)
-            accu += tl.dot(x, wu)
+            accg += tl.dot(x, wg, input_precision=PREC)
+            accu += tl.dot(x, wu, input_precision=PREC)
         h = accg * tl.sigmoid(accg) * accu
         tl.store(h_ptr + rm[:, None] * I + rn[None, :], h.to(h_ptr.dtype.element_ty),
                  mask=(rm[:, None] < N) & nmask[None, :])
@@ -150,7 +150,8 @@ def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
 @triton.autotune(configs=_configs(_DOWN_DOT_SPACE, {"BN": 16, "BK": 16, "S": 2}), key=["BM", "H", "I"])
 @triton.jit
 def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, stride_o,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr):
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr,
+              PREC: tl.constexpr):
     """2 <= N <= BM: out[m, n] = h[m] . Wd[n] for kept rows; 0 for skipped rows and skipped steps.
     Split-K over I in S slices (see _down_gemv)."""
     pid, pid_s = tl.program_id(0), tl.program_id(1)
@@ -169,7 +170,7 @@ def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, strid
             kmask = kk < k_end
             h = tl.load(h_ptr + rm[:, None] * I + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
             w = tl.load(w_ptr + rn[None, :] * I + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += tl.dot(h, w)
+            acc += tl.dot(h, w, input_precision=PREC)
     finish_tile(acc, rm, rn, N, H, out_ptr, stride_o, part_ptr, cnt_ptr, pid, pid_s, S, True)
 
 
@@ -203,7 +204,8 @@ def skip_mlp_triton(x: torch.Tensor, keep: torch.Tensor, w_gate_up: torch.Tensor
     else:
         bm = max(16, triton.next_power_of_2(n))
         _gate_up_dot[lambda m: (triton.cdiv(inter, m["BN"]),)](
-            x, keep_u8, w_gate_up, h, n, hid, inter, x.stride(0), BM=bm)
+            x, keep_u8, w_gate_up, h, n, hid, inter, x.stride(0), BM=bm, PREC=dot_precision(x.dtype))
         _down_dot[lambda m: (triton.cdiv(hid, m["BN"]), m["S"])](
-            h, keep_u8, w_down, out, part, cnt, n, hid, inter, out.stride(0), BM=bm)
+            h, keep_u8, w_down, out, part, cnt, n, hid, inter, out.stride(0), BM=bm,
+            PREC=dot_precision(h.dtype))
     return out

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sedac.runtime.kernels.splitk import counters, finish_tile, reduce_partials, splits_for
+from sedac.runtime.kernels.splitk import counters, dot_precision, finish_tile, reduce_partials, splits_for
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 32  #: N > 32 -> masked cuBLAS (BM = 64 tiles gave wrong results on an H200, not diagnosed)
@@ -97,7 +97,7 @@ def _act_store(g, u, rm, rn, N, I, th_ptr, h_ptr, stride_h):
 
 @triton.jit
 def _gate_up_dot(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, N, H, I, stride_x,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """2 <= N <= BM: hm[m, j]; each row masks its own x; w1 rows loaded for the union of kept inputs."""
     pid = tl.program_id(0)
     rm = tl.arange(0, BM)
@@ -116,8 +116,8 @@ def _gate_up_dot(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, N, H, I, stride_x,
         wmask = need[:, None] & nmask[None, :]
         wg = tl.load(w_ptr + kk[:, None] * (2 * I) + rn[None, :], mask=wmask, other=0.0)
         wu = tl.load(w_ptr + kk[:, None] * (2 * I) + I + rn[None, :], mask=wmask, other=0.0)
-        accg += tl.dot(x, wg)
-        accu += tl.dot(x, wu)
+        accg += tl.dot(x, wg, input_precision=PREC)
+        accu += tl.dot(x, wu, input_precision=PREC)
     _act_store(accg, accu, rm, rn, N, I, th_ptr, h_ptr, I)
 
 
@@ -151,7 +151,8 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, S,
 
 @triton.jit
 def _down_dot(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, KS, S, stride_o,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr):
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr,
+              PREC: tl.constexpr):
     """2 <= N <= BM, split s: hm rows times w2 rows needed by some row (union of non-zeros)."""
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -165,7 +166,7 @@ def _down_dot(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, KS, S, stride_o
                      other=0.0)
         need = tl.max((hv != 0.0).to(tl.int32), axis=0) > 0
         w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=need[:, None] & nmask[None, :], other=0.0)
-        acc += tl.dot(hv, w)
+        acc += tl.dot(hv, w, input_precision=PREC)
     finish_tile(acc, rm, rn, N, H, out_ptr, stride_o, part_ptr, cnt_ptr, pid_n, pid_s, S, FUSED)
 
 
@@ -195,7 +196,7 @@ def _launch_gate_up(x, tx, w1, th, h, cfg):
     else:
         bm = max(16, triton.next_power_of_2(n))
         _gate_up_dot[grid](x, tx, w1, th, h, n, hid, inter, x.stride(0), BM=bm, BN=bn, BK=bk,
-                           num_warps=warps, num_stages=stages)
+                           PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages)
 
 
 def _launch_down(h, w2, out, cfg):
@@ -219,7 +220,7 @@ def _launch_down(h, w2, out, cfg):
     else:
         bm = max(16, triton.next_power_of_2(n))
         _down_dot[grid](h, w2, out, part, cnt, n, hid, inter, ks, s, out.stride(0), BM=bm, BN=bn, BK=bk,
-                        FUSED=fused, num_warps=warps, num_stages=stages)
+                        FUSED=fused, PREC=dot_precision(h.dtype), num_warps=warps, num_stages=stages)
     if s > 1 and not fused:
         reduce_partials(part, out)
 

@@ -25,6 +25,13 @@ _COUNTERS: dict = {}
 MAX_COLUMN_BLOCKS = 1 << 14
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for operands of ``dtype``: IEEE for float32 (Triton's default is TF32,
+    which PyTorch's "highest" matmul precision - vLLM's default - does not use: a float32 model's outputs
+    would then depend on the row count), the native tensor-core path otherwise."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 @triton.jit
 def finish_tile(acc, rm, rn, N, C, out_ptr, stride_o, part_ptr, cnt_ptr, pid_n, pid_s, S,
                 FUSED: tl.constexpr):
