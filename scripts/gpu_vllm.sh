@@ -30,7 +30,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp "throughput"
   timeout "${BENCH_TIMEOUT:-250}" python3 scripts/vllm_throughput.py --out "$O/throughput.json" \
-    --repeats "${REPEATS:-5}" --work "$O/throughput" > "$O/throughput.log" 2>&1
+    --repeats "${REPEATS:-9}" --work "$O/throughput" > "$O/throughput.log" 2>&1
   echo "throughput rc=$?" >> "$O/env.txt"; tail -12 "$O/throughput.log"
 fi
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
@@ -42,19 +42,24 @@ groups=("plugin_loaded or unconfigured or forced_skip or token_policy or batch_p
 groups+=("tensor_parallel")
 # soft skip (tests/runtime/test_vllm_soft.py: never-firing = plain, HF-equal levels, counters, compiled = eager)
 SOFT="python3 -m pytest -q -p no:cacheprovider tests/runtime/test_vllm_soft.py"
+# two GPUs: the groups alternate between them (less contention; the TP group uses both)
+NG=$(sed -n 's/^GPUS //p' "$O/env.txt"); NG=${NG:-1}
+gpu() { if [ "$NG" -ge 2 ]; then echo "CUDA_VISIBLE_DEVICES=$1"; else echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}"; fi; }
 pids=()
 for i in "${!groups[@]}"; do
-  timeout "${TEST_TIMEOUT:-240}" $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
+  dev=$(gpu $((i % 2))); [ "${groups[$i]}" = tensor_parallel ] && dev="CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1}"
+  env "$dev" timeout "${TEST_TIMEOUT:-240}" $PT "${groups[$i]}" --junitxml="$O/tests_g$i.xml" > "$O/tests_g$i.log" 2>&1 &
   pids+=($!)
 done
-timeout "${TEST_TIMEOUT:-240}" $SOFT --junitxml="$O/tests_g9.xml" > "$O/tests_g9.log" 2>&1 &
+env "$(gpu 1)" timeout "${TEST_TIMEOUT:-240}" $SOFT --junitxml="$O/tests_g9.xml" > "$O/tests_g9.log" 2>&1 &
 pids+=($!)
 # the MLP kernels' own GPU tests (bf16 vs fp64, float32 at full precision, CUDA graphs; not the timing test,
 # which other engines on the GPU would disturb: scripts/gpu_bench.sh runs it alone)
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu -k "not cheap" tests/runtime/test_kernels.py \
-  tests/runtime/test_sparse_ops.py --junitxml="$O/kernels.xml" > "$O/kernels.log" 2>&1 &
+env "$(gpu 1)" timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu -k "not cheap" \
+  tests/runtime/test_kernels.py tests/runtime/test_sparse_ops.py tests/runtime/test_decide_ops.py \
+  --junitxml="$O/kernels.xml" > "$O/kernels.log" 2>&1 &
 pids+=($!)
-timeout "${TEST_TIMEOUT:-240}" python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
+env "$(gpu 0)" timeout "${TEST_TIMEOUT:-240}" python3 scripts/gpu_vllm_serve.py "$O/serve.json" > "$O/serve_run.log" 2>&1 &
 spid=$!
 for p in "${pids[@]}"; do wait "$p"; done; wait "$spid"
 for i in "${!groups[@]}" 9; do tail -3 "$O/tests_g$i.log"; done; tail -3 "$O/kernels.log"; grep -h SERVE "$O/serve_run.log" | cut -c1-600
@@ -81,6 +86,9 @@ if xmls:
         for tc in ET.parse(f).getroot().iter("testcase"):
             names[tc.get("name")] = ("failed" if tc.find("failure") is not None or tc.find("error") is not None
                                      else "skipped" if tc.find("skipped") is not None else "passed")
+    for lg in sorted(glob.glob(str(o / "tests_g*.log"))):  # a group killed by its timeout wrote no junit xml
+        if not Path(lg[:-4] + ".xml").exists():
+            names[f"{Path(lg).stem}: no result (timed out?)"] = "failed"
     ev.update({"tests_run_utc": now, "plugin_tests": names,
                "plugin_tests_passed": sum(v == "passed" for v in names.values()),
                "plugin_tests_failed": sum(v == "failed" for v in names.values()),

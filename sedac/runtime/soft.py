@@ -210,6 +210,13 @@ def hf_soft_mlp(mlp, x: torch.Tensor, thr_x: torch.Tensor, thr_h: torch.Tensor):
                     lambda g, u, mask_h: mlp.down_proj(mask_h(mlp.act_fn(g) * u)), x, thr_x, thr_h)
 
 
+def saved_and_rows(frac: torch.Tensor) -> torch.Tensor:
+    """``[sum of frac, row count]`` float64 for the runtime's counters. The row count is a device reduction,
+    not ``frac.shape[0]`` as a tensor: that would fix the row count into a compiled graph (vLLM compiles
+    with a dynamic token dimension and refuses the engine then: GPU run, H200)."""
+    return torch.stack([frac.sum(), torch.ones_like(frac).sum()]).double()
+
+
 def bytes_saved_fraction(zx: torch.Tensor, zh: torch.Tensor, hidden: int, inter: int) -> torch.Tensor:
     """Fraction of one MLP's weight bytes a row need not read: ``(2*I*zx + H*zh) / (3*H*I)`` per row."""
     return (2.0 * inter * zx.float() + hidden * zh.float()) / (3.0 * hidden * inter)

@@ -9,8 +9,9 @@ parameter paths are unchanged, so vLLM's weight loading is untouched, and the su
 Decision point: vLLM decoder layers use a fused add-norm, so the residual stream *entering* layer L
 (HF ``hidden_states[L]``) is ``hidden_states + residual`` (just ``hidden_states`` at layer 0). For
 each step (prefill and decode tokens mixed, all flattened to ``[N, d]``) the probe scores that
-stream, :func:`sedac.runtime.policy.decide` turns scores into the ``[N, B]`` skip mask, and the band
-layers run attention as usual and their MLP through :func:`sedac.runtime.mlp_ops.run_mlp`.
+stream, :func:`sedac.runtime.policy.decide` turns scores into the ``[N, B]`` skip mask (for the static token
+rule with impl ``op``: the single op ``sedac::token_decide``), and the band layers run attention as usual and
+their MLP through :func:`sedac.runtime.mlp_ops.run_mlp` on their row of the ``[B, N]`` keep mask.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from sedac.errors import ConfigError
 from sedac.runtime import policy as P
 from sedac.runtime import stats as S
 from sedac.runtime.config import SedacVllmConfig, load_config
+from sedac.runtime.decide_ops import NO_LIMIT
 from sedac.runtime import vllm_checks as C
 from sedac.runtime.mlp_ops import ensure_cuda_kernels, run_mlp
-from sedac.runtime.soft import SoftParams, bytes_saved_fraction, soft_from_probe, soft_mlp
+from sedac.runtime.soft import SoftParams, bytes_saved_fraction, saved_and_rows, soft_from_probe, soft_mlp
 from sedac.runtime.soft import levels as soft_levels
 from sedac.runtime.soft import thresholds as soft_thresholds
 
@@ -90,6 +92,9 @@ class SedacRuntime:
                                             [x.prior_tokens for x in d]], dtype=torch.float32, device=dev)
             self.dyn_state = register_state(vllm_config.cache_config.block_size, vllm_config.cache_config)
         self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
+        #: the static token rule as one op (sedac::token_decide) on the compiled path; the mode and policy are
+        #: baked into compiled graphs anyway (set_threshold changes the device threshold only there)
+        self.fused_decide = impl == "op" and self.skip_config.mode == "static" and self.skip_config.policy == "token"
         self.soft_counts = torch.zeros(2, dtype=torch.float64, device=dev)  #: [bytes-saved fraction sum, rows]
         self.soft_w: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  #: layer -> sparse_mlp weights (CUDA op)
         self.num_layers = len(model.model.layers)
@@ -156,8 +161,13 @@ class SedacRuntime:
                     getattr(ns, name).weight = live
 
     # ------------------------------------------------------------ traced (hot path)
-    def decide(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Skip mask ``[N, B]`` for the residual stream ``h: [N, d]`` entering the probe layer."""
+    def decide(self, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        """Keep mask ``[B, N]`` (``keep[band]`` a contiguous row) for the residual stream entering the probe
+        layer (``hidden + residual``; vLLM's fused add-norm layers carry them apart). Counts the step."""
+        if self.fused_decide:  # one op (one CUDA launch) for the static token rule: see sedac.runtime.decide_ops
+            return torch.ops.sedac.token_decide(hidden, residual, self.W, self.b, self.thr, self.counts,
+                                                self.dense_above or NO_LIMIT)
+        h = hidden if residual is None else hidden + residual
         raw = (h @ self.W.T).to(torch.float32) + self.b  # [N, B], = Probe.raw_scores(h)
         if self.dyn_params is not None:  # per-request running state beside the KV cache (vllm_dynamic)
             thr = torch.ops.sedac.dynamic_thresholds(raw, positions, self.dyn_params, self.dyn_state)
@@ -170,7 +180,7 @@ class SedacRuntime:
             valid = torch.ops.sedac.real_rows(raw)
         skip = P.decide(raw, self.skip_config, thr=thr, valid=valid)
         self._count(skip)
-        return skip
+        return (~skip).T.contiguous()
 
     def _count(self, skip: torch.Tensor) -> None:
         """Add this step to the counters. Steps the MLP op runs dense (more than ``dense_above`` rows on
@@ -197,12 +207,12 @@ class SedacRuntime:
             zx = (x.abs() < thr_x.unsqueeze(-1).to(x.dtype)).sum(-1)
             zh = (level * self.soft.a_h).clamp(0, 1) * w[1].shape[0]
             frac = bytes_saved_fraction(zx, zh, x.shape[-1], w[1].shape[0])
-            self.soft_counts += torch.stack([frac.sum().double(), frac.new_tensor(frac.shape[0]).double()])
+            self.soft_counts += saved_and_rows(frac)
             return y
         y, zx, zh = soft_mlp(lambda xm: (mlp.gate_up_proj(xm)[0], None),
                              lambda gu, _, mask_h: mlp.down_proj(mask_h(mlp.act_fn(gu)))[0], x, thr_x, thr_h)
         frac = bytes_saved_fraction(zx, zh, x.shape[-1], mlp.down_proj.input_size_per_partition)
-        self.soft_counts += torch.stack([frac.sum().double(), frac.new_tensor(frac.shape[0]).double()])
+        self.soft_counts += saved_and_rows(frac)
         if self.cfg.record and not torch.compiler.is_compiling():
             self._soft_rows = frac if layer_idx == 0 else self._soft_rows + frac
         return y
@@ -276,6 +286,7 @@ class SedacRuntime:
                                         below_b_offset=sc.below_b_offset if keep else [])
         if score is not None:
             self.thr.fill_(self.probe.raw_threshold(score))
+        self.fused_decide = self.impl == "op" and self.skip_config.mode == "static" and self.skip_config.policy == "token"
 
 
 def _warn_dtype(probe, cfg: SedacVllmConfig, served) -> None:
@@ -336,7 +347,7 @@ def _sedac_forward(self, input_ids, positions, intermediate_tensors=None, inputs
     rt: SedacRuntime = self._sedac
     hidden_states = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
     residual = None
-    skip = None
+    keep = None
     aux: list[torch.Tensor] = []
     has_aux = hasattr(self, "_maybe_add_hidden_state")
     if has_aux:
@@ -355,18 +366,17 @@ def _sedac_forward(self, input_ids, positions, intermediate_tensors=None, inputs
             if has_aux:
                 self._maybe_add_hidden_state(aux, idx + 1, hidden_states, residual)
             continue
-        if idx == rt.probe_layer:
-            h = hidden_states if residual is None else hidden_states + residual  # stream entering layer idx
-            skip = rt.decide(h, positions)
+        if idx == rt.probe_layer:  # the stream entering layer idx is hidden_states + residual
+            keep = rt.decide(hidden_states, residual, positions)  # [B, N]
             if rt.cfg.record:
-                rt.record(input_ids, positions, skip)
+                rt.record(input_ids, positions, ~keep.T)
         band = rt.layer_band.get(idx)
         if band is None:
             hidden_states, residual = layer(positions, hidden_states, residual, **extra_layer_kwargs)
         else:
             mlp = rt.op_mlps.get(idx, layer.mlp)
             hidden_states, residual = _layer_forward(layer, mlp, positions, hidden_states, residual,
-                                                     ~skip[:, band], rt.impl)
+                                                     keep[band], rt.impl)
         if has_aux:
             self._maybe_add_hidden_state(aux, idx + 1, hidden_states, residual)
     hidden_states, _ = self.norm(hidden_states, residual)

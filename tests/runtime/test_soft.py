@@ -143,3 +143,4 @@ def test_probe_file_soft_table_round_trip(tmp_path, tiny_llama):
     q = load_probe(tmp_path / "v2.safetensors")
     assert q.meta.format_version == 2 and q.meta.soft["source"] == "test"
     assert torch.equal(q.soft_table(), table)
+

@@ -16,6 +16,8 @@ CUDA dispatch rule (the one visible place for kernel choice):
 * larger ``N`` (prefill chunks): the dense cuBLAS MLP on every row, then ``where(keep, y, 0)`` -
   also sync-free and capturable; at those sizes skipping rows would need compaction and a grouped
   GEMM, which is not built (prefill is a small share of decode-time cost).
+* ``sedac::token_decide`` (the static token decision of a step, :mod:`sedac.runtime.decide_ops`): one
+  Triton launch at every ``N``.
 * ``sedac::sparse_mlp`` follows the same rule: ``1 <= N <= 64`` the Triton soft-skip kernels, larger
   ``N`` the masked PyTorch reference on cuBLAS (dense GEMMs over the masked inputs, sync-free).
 """
@@ -49,6 +51,12 @@ def _sparse_mlp_cuda(x, thr_x, thr_h, w1, w2):
     return sparse_mlp_reference(x, thr_x, thr_h, w1, w2)
 
 
+def _token_decide_cuda(hidden, residual, w, b, thr, counts, count_rows):
+    from sedac.runtime.kernels.decide_triton import token_decide_triton
+
+    return token_decide_triton(hidden, residual, w, b, thr, counts, count_rows)
+
+
 def dense_rows_above() -> int:
     """Steps with more rows than this run dense on CUDA (every row computed, skipped rows zeroed):
     callers count their rows as evaluated, not skipped."""
@@ -58,15 +66,18 @@ def dense_rows_above() -> int:
 
 
 def register() -> None:
-    """Register the CUDA kernels of ``sedac::skip_mlp`` and ``sedac::sparse_mlp`` (idempotent)."""
+    """Register the CUDA kernels of ``sedac::skip_mlp``, ``sedac::sparse_mlp`` and ``sedac::token_decide``
+    (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
     import torch
 
+    import sedac.runtime.decide_ops  # noqa: F401  (defines sedac::token_decide)
     import sedac.runtime.mlp_ops  # noqa: F401  (defines sedac::skip_mlp)
     import sedac.runtime.sparse_ops  # noqa: F401  (defines sedac::sparse_mlp)
 
     torch.library.register_kernel("sedac::skip_mlp", "cuda", _skip_mlp_cuda)
     torch.library.register_kernel("sedac::sparse_mlp", "cuda", _sparse_mlp_cuda)
+    torch.library.register_kernel("sedac::token_decide", "cuda", _token_decide_cuda)
     _REGISTERED = True
