@@ -26,13 +26,18 @@ from sedac.runtime.policy import token_skip
 NO_LIMIT = 1 << 62  #: ``count_rows`` when every step's skips are counted
 
 
+def raw_scores(stream: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[N, B]`` float32 raw probe scores of the stream (= ``Probe.raw_scores`` with folded weights ``w``, ``b``):
+    the product in the model dtype, then float32 plus the bias."""
+    return (stream @ w.T).to(torch.float32) + b
+
+
 def token_decide_reference(hidden: torch.Tensor, residual: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor,
                            thr: torch.Tensor, counts: torch.Tensor, count_rows: int) -> torch.Tensor:
     """PyTorch reference (see module docstring). hidden/residual ``[N, d]``, w ``[B, d]`` (model dtype),
     b and thr ``[B]`` float32, counts ``[2, B]`` int64 (updated in place) -> keep ``[B, N]`` bool."""
     stream = hidden if residual is None else hidden + residual
-    raw = (stream @ w.T).to(torch.float32) + b
-    skip = token_skip(raw, thr)
+    skip = token_skip(raw_scores(stream, w, b), thr)
     n = skip.shape[0]
     counts[0] += skip.sum(dim=0) if n <= count_rows else 0
     counts[1] += n

@@ -32,7 +32,7 @@ from sedac.errors import ConfigError
 from sedac.runtime import policy as P
 from sedac.runtime import stats as S
 from sedac.runtime.config import SedacVllmConfig, load_config
-from sedac.runtime.decide_ops import NO_LIMIT
+from sedac.runtime.decide_ops import NO_LIMIT, raw_scores
 from sedac.runtime import vllm_checks as C
 from sedac.runtime.mlp_ops import ensure_cuda_kernels, run_mlp
 from sedac.runtime.soft import SoftParams, bytes_saved_fraction, saved_and_rows, soft_from_probe, soft_mlp
@@ -168,7 +168,7 @@ class SedacRuntime:
             return torch.ops.sedac.token_decide(hidden, residual, self.W, self.b, self.thr, self.counts,
                                                 self.dense_above or NO_LIMIT)
         h = hidden if residual is None else hidden + residual
-        raw = (h @ self.W.T).to(torch.float32) + self.b  # [N, B], = Probe.raw_scores(h)
+        raw = raw_scores(h, self.W, self.b)  # [N, B]
         if self.dyn_params is not None:  # per-request running state beside the KV cache (vllm_dynamic)
             thr = torch.ops.sedac.dynamic_thresholds(raw, positions, self.dyn_params, self.dyn_state)
         else:
@@ -195,7 +195,7 @@ class SedacRuntime:
         probe layer, or the base level ``lam`` (``h`` None: layers before the probe, or family uniform)."""
         raw = None
         if h is not None and self.soft.family == "probe":
-            raw = (h @ self.W[:1].T).to(torch.float32)[:, 0] + self.b[0]  # = Probe.raw_scores(h)[:, 0]
+            raw = raw_scores(h, self.W[:1], self.b[:1])[:, 0]
         return soft_levels(raw, self.soft, n, device)
 
     def soft_mlp(self, mlp, layer_idx: int, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
