@@ -9,10 +9,6 @@ reference: the same keep mask wherever the score is not within rounding of the t
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import torch
 
 from sedac.runtime import policy as P
 from sedac.runtime.decide_ops import NO_LIMIT, token_decide_reference
+from sedac.testing.interp import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,11 +83,7 @@ INTERP_SCRIPT = textwrap.dedent("""
 
 
 def test_triton_kernel_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", INTERP_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = run_interpreted(INTERP_SCRIPT, ROOT)
     assert len(res) == 8 and any(r["mixed"] for r in res)
     for r in res:
         assert r["same"] and r["counts"] == r["ref_counts"], r

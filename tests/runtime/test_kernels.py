@@ -10,9 +10,6 @@ skip-all far cheaper than keep-all, and one CUDA graph replayed under changing m
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 import torch
 
 import sedac.runtime.mlp_ops  # noqa: F401  (defines torch.ops.sedac.skip_mlp)
+from sedac.testing.interp import run_interpreted
 
 ROOT = Path(__file__).resolve().parents[2]
 BF16_TOL = 1e-2  # METHOD.md: bf16 operands land between 1e-3 and 1e-2
@@ -89,13 +87,7 @@ INTERP_SCRIPT = textwrap.dedent("""
 
 
 def test_triton_kernels_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", INTERP_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
-
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = run_interpreted(INTERP_SCRIPT, ROOT)
     assert len(res) == 15
     for r in res:
         assert r["finite"] and r["zeros"], r

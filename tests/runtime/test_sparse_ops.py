@@ -10,10 +10,6 @@ CUDA graph replayed under changing thresholds.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import pytest
 import torch
 
 from sedac.runtime.sparse_ops import mlp_bytes_read, prepare_sparse_weights, sparse_mlp_reference
+from sedac.testing.interp import run_interpreted
 
 INF = float("inf")
 
@@ -198,11 +195,7 @@ INTERP_TOL = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 3e
 
 
 def test_sparse_kernels_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", INTERP_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_interpreted(INTERP_SCRIPT, ROOT, timeout=600)
     assert len(out["res"]) == 6 * 4 * 3
     for r in out["res"]:
         assert r["finite"] and r["inf_rows_zero"], r
