@@ -16,7 +16,9 @@ Engines, each compiled with CUDA graphs (sizes = the batch sizes), one at a time
 
 Each (setting, batch) is timed over ``--repeats`` ``generate`` calls (greedy, ``--tokens`` new tokens per
 request, EOS ignored, prefix caching off) after one warm-up; the median tok/s is reported with the
-spread. Ratios are against ``plain`` of the same run.
+spread. Ratios are against ``plain`` of the same run: by default a second plain engine runs after the sedac
+ones (``plain_end``), the baseline is the median of both plain engines' repeats, and
+``plain_end_over_start_b<B>`` shows the drift between them (batch 32 spread up to 8 % in one H200 run).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def engine_main(spec: dict) -> dict:
                 dt = time.perf_counter() - t
                 assert sum(len(o.outputs[0].token_ids) for o in outs) == b * spec["tokens"]
                 tps.append(b * spec["tokens"] / dt)
-            res[f"b{b}"] = {"tok_s": statistics.median(tps), "min": min(tps), "max": max(tps), "n": len(tps)}
+            res[f"b{b}"] = {"tok_s": statistics.median(tps), "min": min(tps), "max": max(tps), "n": len(tps),
+                            "all": [round(x, 2) for x in tps]}
             if score is not None:
                 res[f"b{b}"]["skip_rate"] = vp.engine_stats(llm)["all"]["rate"]
         out[name] = res
@@ -132,6 +135,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-bracket", dest="bracket", action="store_false",
+                    help="skip the second plain engine after the sedac ones (default: run it; the baseline pools both)")
     ap.add_argument("--work", default="/tmp/sedac-vllm-throughput")
     ap.add_argument("--engine-timeout", type=int, default=300)
     ap.add_argument("--out", required=True)
@@ -175,6 +180,22 @@ def main() -> None:
                 result[f"band{k}_{s}_over_plain_b{b}"] = round(out[s][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
         result["bands_done"].append(k)
         Path(a.out).write_text(json.dumps(result, indent=1))  # after every engine: a timeout keeps what ran
+    if a.bracket:  # plain again after the sedac engines: drift shows, and the baseline pools both plain runs
+        end = run_engine("plain_end", base, root, plugins=False, timeout=a.engine_timeout)
+        assert not end["model_class"].startswith("sedac"), end["model_class"]
+        result["plain_start"], result["plain_end"] = plain, end
+        pooled = {}
+        for b in a.batches:
+            xs = plain["plain"][f"b{b}"]["all"] + end["plain"][f"b{b}"]["all"]
+            pooled[f"b{b}"] = {"tok_s": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "all": xs}
+            result[f"plain_end_over_start_b{b}"] = round(end["plain"][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
+        result["plain"] = {"model_class": plain["model_class"], "plain": pooled, "pooled_from": ["plain", "plain_end"]}
+        for k in result["bands_done"]:
+            for st in ("never", "always"):
+                for b in a.batches:
+                    result[f"band{k}_{st}_over_plain_b{b}"] = round(
+                        result[f"band{k}"][st][f"b{b}"]["tok_s"] / pooled[f"b{b}"]["tok_s"], 4)
+        Path(a.out).write_text(json.dumps(result, indent=1))
     print(format_table(result))
 
 
@@ -182,7 +203,13 @@ def format_table(r: dict) -> str:
     rows = [f"| variant | batch | tok/s (median) | spread | x plain | skip rate |", "|---|---|---|---|---|---|"]
     for b in r["batches"]:
         p = r["plain"]["plain"][f"b{b}"]
-        rows.append(f"| plain vLLM | {b} | {p['tok_s']:.1f} | {p['min']:.1f}-{p['max']:.1f} | 1.000 | - |")
+        pooled = "pooled_from" in r["plain"]
+        rows.append(f"| plain vLLM{' (both engines)' if pooled else ''} | {b} | {p['tok_s']:.1f} | "
+                    f"{p['min']:.1f}-{p['max']:.1f} | 1.000 | - |")
+        for key in (("plain_start", "plain_end") if pooled else ()):
+            v = r[key]["plain"][f"b{b}"]
+            rows.append(f"| plain vLLM, {key.split('_')[1]} | {b} | {v['tok_s']:.1f} | {v['min']:.1f}-{v['max']:.1f} | "
+                        f"{v['tok_s'] / p['tok_s']:.3f} | - |")
         for key in (f"band{k}" for k in r.get("bands_done", [])):
             for s in ("never", "always"):
                 v = r[key][s][f"b{b}"]
