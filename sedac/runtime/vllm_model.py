@@ -92,9 +92,6 @@ class SedacRuntime:
                                             [x.prior_tokens for x in d]], dtype=torch.float32, device=dev)
             self.dyn_state = register_state(vllm_config.cache_config.block_size, vllm_config.cache_config)
         self.counts = torch.zeros(2, len(probe.bands), dtype=torch.long, device=dev)
-        #: the static token rule as one op (sedac::token_decide) on the compiled path; the mode and policy are
-        #: baked into compiled graphs anyway (set_threshold changes the device threshold only there)
-        self.fused_decide = impl == "op" and self.skip_config.mode == "static" and self.skip_config.policy == "token"
         self.soft_counts = torch.zeros(2, dtype=torch.float64, device=dev)  #: [bytes-saved fraction sum, rows]
         self.soft_w: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  #: layer -> sparse_mlp weights (CUDA op)
         self.num_layers = len(model.model.layers)
@@ -159,6 +156,12 @@ class SedacRuntime:
                 live = getattr(mlp, name).weight
                 if live.shape == getattr(ns, name).weight.shape:
                     getattr(ns, name).weight = live
+
+    @property
+    def fused_decide(self) -> bool:
+        """The static token rule runs as one op (sedac::token_decide) with impl "op". Read at trace time: the
+        mode and policy are baked into compiled graphs anyway (set_threshold changes the device threshold only)."""
+        return self.impl == "op" and self.skip_config.mode == "static" and self.skip_config.policy == "token"
 
     # ------------------------------------------------------------ traced (hot path)
     def decide(self, hidden: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
@@ -286,7 +289,6 @@ class SedacRuntime:
                                         below_b_offset=sc.below_b_offset if keep else [])
         if score is not None:
             self.thr.fill_(self.probe.raw_threshold(score))
-        self.fused_decide = self.impl == "op" and self.skip_config.mode == "static" and self.skip_config.policy == "token"
 
 
 def _warn_dtype(probe, cfg: SedacVllmConfig, served) -> None:
