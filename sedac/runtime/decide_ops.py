@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from sedac.runtime.policy import token_skip
+from sedac.runtime.stats import accumulate_skips
 
 NO_LIMIT = 1 << 62  #: ``count_rows`` when every step's skips are counted
 
@@ -38,9 +39,7 @@ def token_decide_reference(hidden: torch.Tensor, residual: torch.Tensor | None, 
     b and thr ``[B]`` float32, counts ``[2, B]`` int64 (updated in place) -> keep ``[B, N]`` bool."""
     stream = hidden if residual is None else hidden + residual
     skip = token_skip(raw_scores(stream, w, b), thr)
-    n = skip.shape[0]
-    counts[0] += skip.sum(dim=0) if n <= count_rows else 0
-    counts[1] += n
+    accumulate_skips(counts, skip if skip.shape[0] <= count_rows else torch.zeros_like(skip))  # the counting op
     return (~skip).T.contiguous()
 
 
