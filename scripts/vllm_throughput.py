@@ -175,10 +175,8 @@ def main() -> None:
         out = run_engine(f"band{k}", spec, root, plugins=True, timeout=a.engine_timeout)
         assert "SedacQwen2Model" in out["model_class"] or "SedacLlamaModel" in out["model_class"], out["model_class"]
         result[f"band{k}"] = out
-        for s in ("never", "always"):
-            for b in a.batches:
-                result[f"band{k}_{s}_over_plain_b{b}"] = round(out[s][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
         result["bands_done"].append(k)
+        set_ratios(result)
         Path(a.out).write_text(json.dumps(result, indent=1))  # after every engine: a timeout keeps what ran
     if a.bracket:  # plain again after the sedac engines: drift shows, and the baseline pools both plain runs
         end = run_engine("plain_end", base, root, plugins=False, timeout=a.engine_timeout)
@@ -190,13 +188,18 @@ def main() -> None:
             pooled[f"b{b}"] = {"tok_s": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "all": xs}
             result[f"plain_end_over_start_b{b}"] = round(end["plain"][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
         result["plain"] = {"model_class": plain["model_class"], "plain": pooled, "pooled_from": ["plain", "plain_end"]}
-        for k in result["bands_done"]:
-            for st in ("never", "always"):
-                for b in a.batches:
-                    result[f"band{k}_{st}_over_plain_b{b}"] = round(
-                        result[f"band{k}"][st][f"b{b}"]["tok_s"] / pooled[f"b{b}"]["tok_s"], 4)
+        set_ratios(result)
         Path(a.out).write_text(json.dumps(result, indent=1))
     print(format_table(result))
+
+
+def set_ratios(r: dict) -> None:
+    """``band<k>_<setting>_over_plain_b<B>``: each finished sedac engine's median tok/s over the baseline's."""
+    for k in r["bands_done"]:
+        for st in ("never", "always"):
+            for b in r["batches"]:
+                r[f"band{k}_{st}_over_plain_b{b}"] = round(
+                    r[f"band{k}"][st][f"b{b}"]["tok_s"] / r["plain"]["plain"][f"b{b}"]["tok_s"], 4)
 
 
 def format_table(r: dict) -> str:
