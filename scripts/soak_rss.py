@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "reliability"))
-from soak import RssSampler, free_port, make_model_and_probe, run_load, serve_argv, start_server, stop_server  # noqa: E402
+from soak import (RssSampler, free_port, make_model_and_probe, run_load, second_half, serve_argv,  # noqa: E402
+                  start_server, stop_server)
 
 
 def main() -> None:
@@ -41,8 +42,7 @@ def main() -> None:
                 t0 = time.monotonic()
                 asyncio.run(run_load(base, 1000, 32, seed=1 + rnd, max_tokens_max=16))
                 t1 = time.monotonic()
-            half = [r for t, r in rss.samples if t >= t0 + (t1 - t0) / 2]
-            start, end = sorted(half[:4])[1], sorted(half[-4:])[-2]
+            start, end, _ = second_half(rss.samples, t0, t1)
             whole = rss.samples[-1][1] - rss.samples[0][1]
             print(f"{a.engine}: after {done} requests, next 1,000: second-half growth {(end - start) / 2**20:.0f} MiB, "
                   f"whole-round growth {whole / 2**20:.0f} MiB", flush=True)

@@ -143,6 +143,13 @@ class RssSampler:
         self._thread.join(5)
 
 
+def second_half(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[int, int, list[int]]:
+    """RSS over the second half of ``[t0, t1]``: (start, end, samples), start and end each robust to one noisy
+    sample (second smallest of the first four, second largest of the last four)."""
+    half = [r for t, r in samples if t >= t0 + (t1 - t0) / 2]
+    return sorted(half[:4])[1], sorted(half[-4:])[-2], half
+
+
 @dataclass
 class LoadResult:
     ok: int = 0

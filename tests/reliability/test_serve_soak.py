@@ -18,7 +18,7 @@ import time
 import pytest
 
 from soak import (HOST, RssSampler, bad_requests, disconnect_mid_stream, free_port, make_model_and_probe,
-                  run_load, serve_argv, start_server, stop_server)
+                  run_load, second_half, serve_argv, start_server, stop_server)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 BAND_WIDTH = 2  # probe band 2-3 of the 4-layer tiny model
@@ -92,10 +92,8 @@ def _soak(server, n: int, max_tokens_max: int, warmup: int = WARMUP):
     assert "Traceback" not in log.read_text(errors="replace"), "server logged a traceback"
 
     # 2. RSS over the second half of the measured run
-    mid = t0 + (t1 - t0) / 2
-    half = [r for t, r in rss.samples if t >= mid]
+    start, end, half = second_half(rss.samples, t0, t1)
     assert len(half) >= 8, "too few RSS samples"
-    start, end = sorted(half[:4])[1], sorted(half[-4:])[-2]  # robust to a single noisy sample
     peak = max(half)
     print(f"\nsoak: {n} requests, concurrency 32, {res.completion_tokens} completion tokens in {t1 - t0:.1f}s; "
           f"failures {len(res.failures)}; RSS second half start {start / 2**20:.0f} MiB end {end / 2**20:.0f} MiB "
