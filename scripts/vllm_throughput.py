@@ -16,9 +16,21 @@ Engines, each compiled with CUDA graphs (sizes = the batch sizes), one at a time
 
 Each (setting, batch) is timed over ``--repeats`` ``generate`` calls (greedy, ``--tokens`` new tokens per
 request, EOS ignored, prefix caching off) after one warm-up; the median tok/s is reported with the
-spread. Ratios are against ``plain`` of the same run: by default a second plain engine runs after the sedac
-ones (``plain_end``), the baseline is the median of both plain engines' repeats, and
-``plain_end_over_start_b<B>`` shows the drift between them (batch 32 spread up to 8 % in one H200 run).
+spread. Ratios are against ``plain`` of the same run.
+
+Two schedules:
+
+* ``--interleave`` (default): all engines live at once in ONE driver process (each engine core a spawned
+  process with its own ``VLLM_PLUGINS``, ``gpu_memory_utilization`` split between them), and every round
+  times each (engine, setting, batch) once, in an order rotated by one each round. Slow periods of the
+  machine then hit every variant alike, and ``band<k>_<setting>_paired_over_plain_b<B>`` is the median over
+  rounds of the same-round ratio. Why: run 4 on an H200 (sequential, bracketed) measured two plain engines
+  of the same run 2.7 % apart at batch 32 (median 5,628 vs 5,785 tok/s), larger than the effect measured.
+* ``--sequential``: one engine at a time, each in its own process; a second plain engine runs after the
+  sedac ones (``plain_end``; ``--no-bracket`` skips it), the baseline is the median of both plain engines'
+  repeats, and ``plain_end_over_start_b<B>`` shows the drift between them.
+
+``--table JSON`` reprints the table of a finished run (ratios recomputed from its raw repeats).
 """
 
 from __future__ import annotations
@@ -66,7 +78,7 @@ def make_probe(model: Path, k: int, root: Path) -> str:
 
 # ---------------------------------------------------------------------------------------- engine side
 def engine_main(spec: dict) -> dict:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     from sedac.runtime import vllm_plugin as vp
 
@@ -76,28 +88,17 @@ def engine_main(spec: dict) -> dict:
     llm = LLM(spec["model"], **kw)
     out = {"engine_start_s": round(time.perf_counter() - t0, 1),
            "model_class": llm.collective_rpc("sedac_model_class")[0]}
-    vocab = spec["vocab"]
-    sp = SamplingParams(temperature=0.0, max_tokens=spec["tokens"], ignore_eos=True, detokenize=False)
     settings = spec.get("settings") or {"plain": None}
     for name, score in settings.items():
         if score is not None:
             llm.collective_rpc("sedac_set", kwargs={"threshold": score})
         res = {}
         for b in spec["batches"]:
-            prompts = [{"prompt_token_ids": [(7 + 31 * i + 13 * j) % (vocab - 10) + 5 for j in range(spec["prompt_len"])]}
-                       for i in range(b)]
-            llm.generate(prompts, sp, use_tqdm=False)  # warm-up
+            _timed(llm, spec, b)  # warm-up
             if score is not None:
                 llm.collective_rpc("sedac_reset")
-            tps = []
-            for _ in range(spec["repeats"]):
-                t = time.perf_counter()
-                outs = llm.generate(prompts, sp, use_tqdm=False)
-                dt = time.perf_counter() - t
-                assert sum(len(o.outputs[0].token_ids) for o in outs) == b * spec["tokens"]
-                tps.append(b * spec["tokens"] / dt)
-            res[f"b{b}"] = {"tok_s": statistics.median(tps), "min": min(tps), "max": max(tps), "n": len(tps),
-                            "all": [round(x, 2) for x in tps]}
+            tps = [_timed(llm, spec, b) for _ in range(spec["repeats"])]
+            res[f"b{b}"] = _summary(tps)
             if score is not None:
                 res[f"b{b}"]["skip_rate"] = vp.engine_stats(llm)["all"]["rate"]
         out[name] = res
@@ -105,7 +106,74 @@ def engine_main(spec: dict) -> dict:
     return out
 
 
-def run_engine(name: str, spec: dict, root: Path, plugins: bool, timeout: int) -> dict:
+def _timed(llm, spec: dict, b: int) -> float:
+    """One ``generate`` of ``b`` requests; returns its tok/s."""
+    from vllm import SamplingParams
+
+    vocab, n = spec["vocab"], spec["prompt_len"]
+    prompts = [{"prompt_token_ids": [(7 + 31 * i + 13 * j) % (vocab - 10) + 5 for j in range(n)]} for i in range(b)]
+    sp = SamplingParams(temperature=0.0, max_tokens=spec["tokens"], ignore_eos=True, detokenize=False)
+    t = time.perf_counter()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    dt = time.perf_counter() - t
+    assert sum(len(o.outputs[0].token_ids) for o in outs) == b * spec["tokens"]
+    return b * spec["tokens"] / dt
+
+
+def _summary(tps: list[float]) -> dict:
+    return {"tok_s": statistics.median(tps), "min": min(tps), "max": max(tps), "n": len(tps),
+            "all": [round(x, 2) for x in tps]}
+
+
+def interleaved_main(spec: dict) -> dict:
+    """All engines of ``spec["engines"]`` at once; each round times every (engine, setting, batch) once."""
+    from vllm import LLM
+
+    from sedac.runtime import vllm_plugin as vp
+
+    os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # each engine core reads VLLM_PLUGINS afresh
+    llms, out, items = {}, {}, []
+    for e in spec["engines"]:
+        if e["plugins"]:
+            os.environ.pop("VLLM_PLUGINS", None)
+        else:
+            os.environ["VLLM_PLUGINS"] = ""
+        kw = dict(spec["engine"])
+        kw.update(vp.engine_kwargs(e.get("probe"), **e.get("sedac", {})))
+        t0 = time.perf_counter()
+        llms[e["name"]] = llm = LLM(spec["model"], **kw)
+        out[e["name"]] = {"engine_start_s": round(time.perf_counter() - t0, 1),
+                          "model_class": llm.collective_rpc("sedac_model_class")[0]}
+        print(f"engine {e['name']} up: {out[e['name']]}", flush=True)
+        items += [(e["name"], st, score, b) for st, score in e["settings"].items() for b in spec["batches"]]
+    tps = {it[:2] + (it[3],): [] for it in items}
+    counts = {k: [0, 0] for k in tps}
+    for r in range(spec["repeats"] + 1):  # round 0 = warm-up, not timed
+        k = r % len(items)
+        for name, st, score, b in items[k:] + items[:k]:
+            llm = llms[name]
+            if score is not None:
+                llm.collective_rpc("sedac_set", kwargs={"threshold": score})
+                llm.collective_rpc("sedac_reset")
+            x = _timed(llm, spec, b)
+            if r == 0:
+                continue
+            tps[(name, st, b)].append(x)
+            if score is not None:
+                a = vp.engine_stats(llm)["all"]
+                counts[(name, st, b)][0] += a["skipped"]
+                counts[(name, st, b)][1] += a["evaluated"]
+        print(f"round {r} done", flush=True)
+    for (name, st, b), xs in tps.items():
+        res = _summary(xs)
+        sk, ev = counts[(name, st, b)]
+        if name != "plain":
+            res["skip_rate"] = sk / ev if ev else 0.0
+        out[name].setdefault(st, {})[f"b{b}"] = res
+    return out
+
+
+def run_engine(name: str, spec: dict, root: Path, plugins: bool, timeout: int, flag: str = "--engine") -> dict:
     sp, op, lp = root / f"{name}.spec.json", root / f"{name}.out.json", root / f"{name}.log"
     sp.write_text(json.dumps(spec))
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -117,13 +185,14 @@ def run_engine(name: str, spec: dict, root: Path, plugins: bool, timeout: int) -
     t0 = time.time()
     print(f"[throughput] engine {name} (log {lp})", flush=True)
     with open(lp, "w") as log:
-        rc = subprocess.run([sys.executable, __file__, "--engine", str(sp), "--out", str(op)], env=env, stdout=log,
+        rc = subprocess.run([sys.executable, __file__, flag, str(sp), "--out", str(op)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, timeout=timeout).returncode
     if rc != 0 or not op.exists():
         tail = "\n".join(lp.read_text().splitlines()[-30:])
         raise SystemExit(f"engine {name} failed (rc={rc}):\n{tail}")
     out = json.loads(op.read_text())
-    print(f"[throughput] engine {name} done in {time.time() - t0:.0f} s (start {out['engine_start_s']} s)", flush=True)
+    start = out.get("engine_start_s") or {k: v["engine_start_s"] for k, v in out.items()}
+    print(f"[throughput] engine {name} done in {time.time() - t0:.0f} s (start {start} s)", flush=True)
     return out
 
 
@@ -135,15 +204,30 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sequential", dest="interleave", action="store_false",
+                    help="one engine at a time (default: all engines at once, timed in interleaved rounds)")
     ap.add_argument("--no-bracket", dest="bracket", action="store_false",
-                    help="skip the second plain engine after the sedac ones (default: run it; the baseline pools both)")
+                    help="--sequential only: skip the second plain engine after the sedac ones (default: run it; "
+                    "the baseline pools both)")
     ap.add_argument("--work", default="/tmp/sedac-vllm-throughput")
     ap.add_argument("--engine-timeout", type=int, default=300)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="JSON to write (required unless --table)")
+    ap.add_argument("--table", metavar="JSON", help="only print the table of a finished run (its JSON, or an "
+                    "evidence file holding it under 'throughput'), ratios recomputed from the raw repeats")
     ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--engines", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.engine:
-        Path(a.out).write_text(json.dumps(engine_main(json.loads(Path(a.engine).read_text()))))
+    if a.table:
+        r = json.loads(Path(a.table).read_text())
+        r = r.get("throughput", r)
+        set_ratios(r)
+        print(format_table(r))
+        return
+    if not a.out:
+        ap.error("--out is required")
+    if a.engine or a.engines:
+        fn = engine_main if a.engine else interleaved_main
+        Path(a.out).write_text(json.dumps(fn(json.loads(Path(a.engine or a.engines).read_text()))))
         return
     import torch
 
@@ -165,22 +249,38 @@ def main() -> None:
                 prompt_len=a.prompt_len, repeats=a.repeats)
     result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "shape": a.shape, "tokens": a.tokens,
               "prompt_len": a.prompt_len, "repeats": a.repeats, "batches": a.batches, "engine": engine}
+    if a.interleave:
+        result["schedule"] = "interleaved"
+        engines = [dict(name="plain", plugins=False, settings={"plain": None})]
+        engines += [dict(name=f"band{k}", plugins=True, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
+                         settings={"never": 1.0, "always": 0.0}) for k in a.bands]
+        if cuda:  # every engine resident at once: split the memory the startup check asks for
+            base["engine"] = dict(engine, gpu_memory_utilization=round(0.85 / len(engines), 3))
+        out = run_engine("interleaved", dict(base, engines=engines), root, plugins=True,
+                         timeout=a.engine_timeout * (len(engines) + 1), flag="--engines")
+        check_classes(out)
+        result.update(out, bands_done=list(a.bands))
+        set_ratios(result)
+        Path(a.out).write_text(json.dumps(result, indent=1))
+        print(format_table(result))
+        return
+    result["schedule"] = "sequential"
     plain = run_engine("plain", base, root, plugins=False, timeout=a.engine_timeout)
-    assert not plain["model_class"].startswith("sedac"), plain["model_class"]  # baseline: sedac truly off
+    check_classes({"plain": plain})
     result["plain"] = plain
     result["bands_done"] = []
     for k in a.bands:
         spec = dict(base, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
                     settings={"never": 1.0, "always": 0.0})
         out = run_engine(f"band{k}", spec, root, plugins=True, timeout=a.engine_timeout)
-        assert "SedacQwen2Model" in out["model_class"] or "SedacLlamaModel" in out["model_class"], out["model_class"]
+        check_classes({f"band{k}": out})
         result[f"band{k}"] = out
         result["bands_done"].append(k)
         set_ratios(result)
         Path(a.out).write_text(json.dumps(result, indent=1))  # after every engine: a timeout keeps what ran
     if a.bracket:  # plain again after the sedac engines: drift shows, and the baseline pools both plain runs
         end = run_engine("plain_end", base, root, plugins=False, timeout=a.engine_timeout)
-        assert not end["model_class"].startswith("sedac"), end["model_class"]
+        check_classes({"plain": end})
         result["plain_start"], result["plain_end"] = plain, end
         pooled = {}
         for b in a.batches:
@@ -193,22 +293,35 @@ def main() -> None:
     print(format_table(result))
 
 
+def check_classes(out: dict) -> None:
+    """The baseline runs vLLM's own model class (sedac truly off); every band engine runs sedac's."""
+    for name, o in out.items():
+        sedac_cls = "SedacQwen2Model" in o["model_class"] or "SedacLlamaModel" in o["model_class"]
+        assert sedac_cls == (name != "plain") and not (name == "plain" and o["model_class"].startswith("sedac")), \
+            (name, o["model_class"])
+
+
 def set_ratios(r: dict) -> None:
     """``band<k>_<setting>_over_plain_b<B>``: each finished sedac engine's median tok/s over the baseline's."""
     for k in r["bands_done"]:
         for st in ("never", "always"):
             for b in r["batches"]:
-                r[f"band{k}_{st}_over_plain_b{b}"] = round(
-                    r[f"band{k}"][st][f"b{b}"]["tok_s"] / r["plain"]["plain"][f"b{b}"]["tok_s"], 4)
+                x, ref = r[f"band{k}"][st][f"b{b}"], r["plain"]["plain"][f"b{b}"]
+                r[f"band{k}_{st}_over_plain_b{b}"] = round(x["tok_s"] / ref["tok_s"], 4)
+                if r.get("schedule") == "interleaved":  # round i of every variant ran in the same round
+                    r[f"band{k}_{st}_paired_over_plain_b{b}"] = round(
+                        statistics.median(a / c for a, c in zip(x["all"], ref["all"])), 4)
 
 
 def format_table(r: dict) -> str:
-    rows = [f"| variant | batch | tok/s (median) | spread | x plain | skip rate |", "|---|---|---|---|---|---|"]
+    paired = r.get("schedule") == "interleaved"
+    rows = [f"| variant | batch | tok/s (median) | spread | x plain |{' paired x plain |' if paired else ''} skip rate |",
+            "|---|---|---|---|---|---|" + ("---|" if paired else "")]
     for b in r["batches"]:
         p = r["plain"]["plain"][f"b{b}"]
         pooled = "pooled_from" in r["plain"]
         rows.append(f"| plain vLLM{' (both engines)' if pooled else ''} | {b} | {p['tok_s']:.1f} | "
-                    f"{p['min']:.1f}-{p['max']:.1f} | 1.000 | - |")
+                    f"{p['min']:.1f}-{p['max']:.1f} | 1.000 |{' - |' if paired else ''} - |")
         for key in (("plain_start", "plain_end") if pooled else ()):
             v = r[key]["plain"][f"b{b}"]
             rows.append(f"| plain vLLM, {key.split('_')[1]} | {b} | {v['tok_s']:.1f} | {v['min']:.1f}-{v['max']:.1f} | "
@@ -216,8 +329,9 @@ def format_table(r: dict) -> str:
         for key in (f"band{k}" for k in r.get("bands_done", [])):
             for s in ("never", "always"):
                 v = r[key][s][f"b{b}"]
+                pr = f" {r[f'{key}_{s}_paired_over_plain_b{b}']:.3f} |" if paired else ""
                 rows.append(f"| sedac {key} {s} | {b} | {v['tok_s']:.1f} | {v['min']:.1f}-{v['max']:.1f} | "
-                            f"{r[f'{key}_{s}_over_plain_b{b}']:.3f} | {v['skip_rate']:.3f} |")
+                            f"{r[f'{key}_{s}_over_plain_b{b}']:.3f} |{pr} {v['skip_rate']:.3f} |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,55 @@
+"""scripts/vllm_throughput.py's bookkeeping (no engine): ratios, paired ratios, the printed table."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("vllm_throughput", ROOT / "scripts" / "vllm_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(schedule: str) -> dict:
+    def cell(xs):
+        return {"tok_s": sorted(xs)[len(xs) // 2], "min": min(xs), "max": max(xs), "n": len(xs), "all": xs,
+                "skip_rate": 0.0}
+
+    # round 2 is slow for both; "never" has one bad round of its own (round 1): paired 0.99 / 0.865 / 0.98
+    plain = [100.0, 104.0, 50.0]
+    return {"schedule": schedule, "batches": [1], "bands_done": [8],
+            "plain": {"plain": {"b1": cell(plain)}},
+            "band8": {"never": {"b1": cell([99.0, 90.0, 49.0])},
+                      "always": {"b1": cell([1.2 * x for x in plain])}}}
+
+
+def test_paired_ratio_is_the_median_of_same_round_ratios():
+    vt = _script()
+    r = _run("interleaved")
+    vt.set_ratios(r)
+    assert r["band8_never_paired_over_plain_b1"] == 0.98
+    assert r["band8_never_over_plain_b1"] == 0.9  # unpaired: median 90 over median 100
+    assert r["band8_always_paired_over_plain_b1"] == 1.2
+    table = vt.format_table(r)
+    assert "paired x plain" in table and "| sedac band8 never | 1 | 90.0 | 49.0-99.0 | 0.900 | 0.980 | 0.000 |" in table
+
+
+def test_sequential_runs_have_no_paired_ratio():
+    vt = _script()
+    r = _run("sequential")
+    vt.set_ratios(r)
+    assert not any("paired" in k for k in r) and "paired" not in vt.format_table(r)
+
+
+def test_table_option_reprints_a_finished_run(tmp_path):
+    f = tmp_path / "ev.json"
+    f.write_text(json.dumps({"card": "x", "throughput": _run("interleaved")}))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "vllm_throughput.py"), "--table", str(f)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| sedac band8 always | 1 | 120.0 |" in out and "1.200 | 1.200 |" in out
