@@ -48,11 +48,12 @@ def main() -> None:
     ap.add_argument("--target", default="entropy", help="probe target: entropy (score = -predicted final entropy; "
                     "on generated tokens true entropy predicts soft-skip safety better than the soft-label probe "
                     "does, docs/soft.md) or safety (the soft@S label)")
-    ap.add_argument("--n-sequences", type=int, default=232, help="calibration + test sequences (builtin-tasks: 240)")
+    ap.add_argument("--n-sequences", type=int, default=652, help="calibration + test sequences (builtin-tasks: 660 "
+                    "= 652 + 8 grid)")
     ap.add_argument("--grid-sequences", type=int, default=8)
     ap.add_argument("--test-fraction", type=float, default=0.25)
     ap.add_argument("--bound", default="wsr")
-    ap.add_argument("--soft-levels", default="0.06,0.08,0.1,0.11,0.12,0.13,0.14,0.15,0.16,0.18,0.2,0.25")
+    ap.add_argument("--soft-levels", default="0.08,0.1,0.12,0.13,0.14,0.145,0.15,0.155,0.16,0.17,0.18,0.2")
     ap.add_argument("--soft-gamma", type=float, default=0.1)
     ap.add_argument("--soft-alloc", default="greedy", help="uniform | greedy (per-layer allocation, docs/soft.md)")
     ap.add_argument("--soft-alloc-target", type=float, default=0.15)

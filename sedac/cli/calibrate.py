@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @app.command("calibrate", help=_HELP)
     def calibrate_cmd(
         probe: str = typer.Option(..., "--probe", help="Probe file (.safetensors) to calibrate."),
-        data: str = typer.Option("builtin", "--data", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (240 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
+        data: str = typer.Option("builtin", "--data", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (660 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
         mode: str = typer.Option("corpus", "--mode", help="corpus (text chunks) or generate (model continuations)."),
         epsilon: float = typer.Option(0.05, "--epsilon", help="Tolerated mean per-sequence risk; must exceed 1 - delta^(1/n) for n calibration units."),
         delta: float = typer.Option(0.05, "--delta", help="Allowed probability that the certified setting's risk exceeds epsilon."),
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: on in generate mode)."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Corpus chunk length (default 64); max prompt+continuation (generate, default 192)."),
         new_tokens: int = typer.Option(32, "--new-tokens", help="Generated tokens per prompt (generate mode)."),
-        n_sequences: int = typer.Option(232, "--n-sequences", help="Calibration + test sequences (builtin-tasks has 240 = 232 + 8 grid)."),
+        n_sequences: int = typer.Option(232, "--n-sequences", help="Calibration + test sequences (builtin-tasks has 660 records; scripts/soft_evidence.py uses 652 + 8 grid)."),
         grid_sequences: int = typer.Option(8, "--grid-sequences", help="Extra sequences that place the grid and ref."),
         risk: str = typer.Option("top1", "--risk", help="top1 or nll."),
         nll_margin: float = typer.Option(0.1, "--nll-margin", help="Nats (with --risk nll)."),

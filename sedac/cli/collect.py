@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     def collect_cmd(
         out: str = typer.Option(..., "--out", help="Output folder (shards + manifest.json)."),
         model: Optional[str] = typer.Option(None, "--model", help="Model alias, HF folder or hub id (default: embedded SmolLM2)."),
-        dataset: str = typer.Option("builtin", "--dataset", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (240 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
+        dataset: str = typer.Option("builtin", "--dataset", help="'builtin' (70 hand-written prompts), 'builtin-tasks' (660 templated tasks), a .jsonl/.json/.txt/.parquet file, or a hub id."),
         split: str = typer.Option("train", "--split", help="Dataset split (hub datasets)."),
         field: Optional[str] = typer.Option(None, "--field", help="Text/prompt/turns/messages column (auto-detected)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="At most N records (generate) or N chunks (corpus)."),

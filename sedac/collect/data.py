@@ -39,7 +39,7 @@ class Sequence:
 
 BUILTIN_SETS = {
     "builtin": "builtin_prompts.jsonl",  # 70 hand-written prompts (chat, code, math, summaries, ...)
-    "builtin-tasks": "builtin_tasks.jsonl",  # 240 templated tasks (scripts/make_builtin_tasks.py)
+    "builtin-tasks": "builtin_tasks.jsonl",  # 660 templated tasks (scripts/make_builtin_tasks.py)
 }
 
 

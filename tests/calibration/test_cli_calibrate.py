@@ -101,7 +101,7 @@ def test_uncertifiable_request_is_refused_up_front(tiny_llama, tiny_probe, tmp_p
 
 
 def test_defaults_can_certify_on_builtin_tasks():
-    """The documented defaults pass the up-front check with builtin-tasks' 240 prompts (232 + 8 grid)."""
+    """The documented defaults pass the up-front check with builtin-tasks' 660 prompts (232 + 8 grid used)."""
     from sedac.calibration import CalibrateConfig
     from sedac.calibration.bounds import min_epsilon
     from sedac.collect.data import load_records

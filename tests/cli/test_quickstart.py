@@ -78,8 +78,8 @@ def test_split_that_does_not_fit_is_refused_before_any_step(fake_steps, tmp_path
     from sedac.quickstart import run_quickstart
 
     calls, _ = fake_steps
-    with pytest.raises(SedacError, match="has 240 records"):
-        run_quickstart(QuickstartConfig(work_dir=str(tmp_path / "qs"), cal_sequences=230))
+    with pytest.raises(SedacError, match="has 660 records"):
+        run_quickstart(QuickstartConfig(work_dir=str(tmp_path / "qs"), cal_sequences=650))
     assert calls == []
 
 
