@@ -174,7 +174,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, progress=print) -> dict:
             rows.append(row)
             progress(f"batch {bsz:>3} {name:<42} {row['ms_median']:8.3f} ms/step")
         base = statistics.median([r["ms_median"] for r in rows if r["batch"] == bsz and r["variant"].startswith("baseline")])
-        mlp_ms = {m["rows"]: min(m["ms"]["torch_hf"], m["ms"]["torch_fused"]) for m in out.get("mlp", [])}
+        mlp_ms = {m["rows"]: dm.best_dense_ms(m["ms"]) for m in out.get("mlp", [])}
         for r in rows:
             if r["batch"] == bsz:
                 r["speedup"] = base / r["ms_median"]

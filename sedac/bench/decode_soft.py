@@ -95,8 +95,10 @@ def step_ideal(shape, bsz, kv_len, weight_fraction: list) -> float:
 
 
 def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict:
-    """One MLP at M=``rows``: dense PyTorch (best of HF layout / fused gate_up) vs ``sparse_mlp`` per level."""
-    from sedac.bench.decode_model import _events_time
+    """One MLP at M=``rows``: dense PyTorch (best of HF layout / fused gate_up / fused gate_up + fused activation,
+    i.e. vLLM's) vs ``sparse_mlp`` per level."""
+    from sedac.bench.decode_model import _events_time, best_dense_ms
+    from sedac.runtime.kernels.act_triton import silu_mul_triton
 
     g = torch.Generator(device=dev).manual_seed(seed + 11)
     s, n_sets = shape, 3  # rotate over 3 weight sets (each >> L2)
@@ -106,7 +108,8 @@ def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict
     prep = [prepare_sparse_weights(a, b) for a, b in zip(wgu, wd)]
     x = torch.randn(rows, s.hidden, device=dev, dtype=dtype, generator=g)
     fns = {"torch_hf": lambda i: F.linear(F.silu(F.linear(x, wgu[i][:inter])) * F.linear(x, wgu[i][inter:]), wd[i]),
-           "torch_fused": lambda i: (lambda gu: F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd[i]))(x @ wgu[i].T)}
+           "torch_fused": lambda i: (lambda gu: F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd[i]))(x @ wgu[i].T),
+           "torch_fused_act": lambda i: F.linear(silu_mul_triton(x @ wgu[i].T), wd[i])}  # vLLM's MLP
     info = {}
     for lv in levels:
         tx = row_quantile(x, lv)
@@ -129,7 +132,7 @@ def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict
                     fn(i)
         ms[name] = statistics.median(_events_time(graph.replay, 5, 11)) / (reps * n_sets)
         del graph
-    dense = min(ms["torch_hf"], ms["torch_fused"])
+    dense = best_dense_ms(ms)
     out = {"rows": rows, "ms": ms, "dense_best_ms": dense, "mlp_bytes": s.mlp_params * 2, "levels": {}}
     for lv in levels:
         wf = info[lv]["weight_fraction"]

@@ -95,6 +95,42 @@ def test_triton_kernels_under_interpreter():
         assert r["err"] < tol, r
 
 
+SILU_MUL_SCRIPT = textwrap.dedent("""
+    import torch, json
+    from sedac.runtime.kernels.act_triton import silu_mul_triton
+    res = []
+    # inter 1030 > the 1024-column block: a second, partial block; a row-strided view of a wider tensor
+    for m, inter, dt, sliced in ((1, 40, torch.float32, False), (3, 1030, torch.float32, False),
+                                 (5, 7, torch.float16, True), (2, 300, torch.bfloat16, False)):
+        g = torch.Generator().manual_seed(m)
+        wide = (torch.randn(m, 2 * inter + (6 if sliced else 0), generator=g) * 3).to(dt)
+        gu = wide[:, : 2 * inter]
+        h = silu_mul_triton(gu)
+        ref = torch.nn.functional.silu(gu[:, :inter].double()) * gu[:, inter:].double()
+        res.append(dict(dt=str(dt), shape=list(h.shape), same_dtype=h.dtype == dt, inter=inter,
+                        err=((h.double() - ref).norm() / ref.norm()).item()))
+    print(json.dumps(res))
+""")
+
+
+def test_silu_mul_kernel_under_interpreter():
+    res = run_interpreted(SILU_MUL_SCRIPT, ROOT)
+    assert len(res) == 4
+    for r in res:
+        tol = BF16_TOL if r["dt"] == "torch.bfloat16" else (2e-3 if r["dt"] == "torch.float16" else 1e-6)
+        assert r["shape"][1] == r["inter"] and r["same_dtype"] and r["err"] < tol, r
+
+
+def test_silu_mul_refuses_odd_widths():
+    pytest.importorskip("triton")
+    from sedac.runtime.kernels.act_triton import silu_mul_triton
+
+    with pytest.raises(ValueError, match=r"\[M, 2I\]"):
+        silu_mul_triton(torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="unit column stride"):
+        silu_mul_triton(torch.zeros(8, 2).T)
+
+
 def test_shape_recipes_load():
     from sedac.bench.decode import SHAPES_DIR, load_shape
 

@@ -13,7 +13,8 @@ CUDA dispatch rule (the one visible place for kernel choice):
 
 * ``1 <= N <= 64`` rows (decode): the Triton kernels - device-side keep mask, no host sync, a skipped
   step reads no weights, one CUDA graph serves every decision;
-* larger ``N`` (prefill chunks): the dense cuBLAS MLP on every row, then ``where(keep, y, 0)`` -
+* larger ``N`` (prefill chunks): the dense cuBLAS MLP on every row (GEMM, fused ``silu_and_mul``
+  of :mod:`~sedac.runtime.kernels.act_triton`, GEMM), then ``where(keep, y, 0)`` -
   also sync-free and capturable; at those sizes skipping rows would need compaction and a grouped
   GEMM, which is not built (prefill is a small share of decode-time cost).
 * ``sedac::token_decide`` (the static token decision of a step, :mod:`sedac.runtime.decide_ops`): one
@@ -36,9 +37,9 @@ def _skip_mlp_cuda(x, keep, w_gate_up, w_down):
         return skip_mlp_triton(x, keep, w_gate_up, w_down)
     if x.shape[0] == 0:
         return torch.empty_like(x)
-    inter = w_down.shape[1]
-    gu = x @ w_gate_up.T
-    y = (torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]) @ w_down.T
+    from sedac.runtime.kernels.act_triton import silu_mul_triton
+
+    y = silu_mul_triton(x @ w_gate_up.T) @ w_down.T
     return torch.where(keep.unsqueeze(1), y, torch.zeros((), dtype=y.dtype, device=y.device))
 
 
