@@ -50,19 +50,26 @@ def _configs(space, interp):
 
 
 # (BN, BK, warps, stages)
-# run 1 (H100) picked gemv (8,512,4,2)/(4,512,4,3) and dot (64,128,4,4)/(16,256,4,3): space widened around them
+# run 1 (H100) picked gemv (8,512,4,2)/(4,512,4,3) and dot (64,128,4,4)/(16,256,4,3): space widened around them.
+# H200, 2026-11-28 evening (scripts/mlp_dense_refs.py, docs/perf.md): configs with fewer stages / smaller BK added
+# (likely reason, not profiled: 2-3 gate/up programs share an SM; 296 programs at BN 64 with ~160 KB of shared
+# memory each ran as 2.24 waves of one per SM): M=32 0.931 -> 1.030 of cuBLAS +
+# fused activation (picked (64,64,4,3)); M=1 0.974 -> 0.987 (picked gemv (16,512,4,3)). The old configs stay in.
 _GEMV_SPACE = [(8, 512, 4, 2), (16, 256, 4, 3), (16, 512, 8, 2), (8, 1024, 8, 2), (4, 512, 4, 3), (4, 1024, 4, 2),
-               (2, 1024, 4, 3), (8, 256, 4, 4)]
+               (2, 1024, 4, 3), (8, 256, 4, 4), (8, 512, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3), (16, 256, 8, 4)]
 _DOT_SPACE = [(32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 6), (64, 128, 8, 4), (128, 64, 8, 4), (128, 128, 8, 3),
-              (16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 8, 4), (32, 256, 8, 3), (16, 128, 4, 6)]
+              (16, 256, 4, 3), (16, 512, 4, 3), (16, 256, 8, 4), (32, 256, 8, 3), (16, 128, 4, 6),
+              (64, 64, 4, 3), (64, 64, 4, 4), (32, 64, 4, 4), (64, 128, 4, 2), (128, 64, 4, 3), (32, 128, 4, 3)]
 # down kernels (issue 12): split-K over I (S slices, in-kernel reduce) for more programs in flight - the
 # H100-chosen S = 1 configs (56-448 programs) left the H200's faster memory under-used (0.944 / 0.861 of cuBLAS)
 # (BN, BK, S, warps, stages)
 MAX_SPLITS = 8
 _DOWN_GEMV_SPACE = [(8, 512, 1, 4, 2), (4, 512, 1, 4, 3), (16, 256, 1, 4, 3), (8, 256, 2, 4, 3), (16, 256, 2, 4, 3),
-                    (32, 128, 4, 4, 3), (16, 512, 2, 8, 2), (32, 256, 4, 8, 3), (64, 128, 8, 4, 3)]
+                    (32, 128, 4, 4, 3), (16, 512, 2, 8, 2), (32, 256, 4, 8, 3), (64, 128, 8, 4, 3),
+                    (8, 512, 2, 4, 3), (16, 256, 4, 4, 3), (8, 256, 4, 4, 3), (16, 512, 4, 8, 3)]
 _DOWN_DOT_SPACE = [(16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (16, 256, 2, 4, 3), (32, 128, 2, 4, 4), (32, 256, 4, 8, 3),
-                   (64, 128, 4, 4, 4), (64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 8, 3), (32, 128, 8, 4, 4)]
+                   (64, 128, 4, 4, 4), (64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 8, 3), (32, 128, 8, 4, 4),
+                   (64, 128, 8, 4, 3), (32, 128, 8, 4, 3), (32, 64, 8, 4, 4), (64, 64, 4, 4, 3)]
 
 
 @triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
