@@ -119,24 +119,31 @@ class DecodeBenchConfig:
                 raise ConfigError(f"--fraction must be a multiple of 1/{STEPS_PER_CYCLE} in [0, 1], got {f}")
 
 
+def _setup(cfg: DecodeBenchConfig, shape: ShapeConfig):
+    """``(device, graphs, dtype, out)`` shared by both benchmarks; ``out`` starts with provenance and card."""
+    import torch
+
+    from sedac.provenance import provenance
+
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)")
+    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    out = {"provenance": provenance(cfg, shape=shape, card=card, torch=torch.__version__), "card": card}
+    return dev, cfg.graphs and dev.type == "cuda", torch.bfloat16, out
+
+
 def run_decode_bench(cfg: DecodeBenchConfig, progress=print) -> dict:
     """Run every variant; returns a JSON-able result (provenance, ceilings, MLP check, step table)."""
     import torch
 
     from sedac.bench import decode_model as dm
-    from sedac.provenance import provenance
 
     shape = load_shape(cfg.shape)
     for b in cfg.bands:
         if not 1 <= b < shape.layers:
             raise ConfigError(f"--band {b} must be in [1, {shape.layers - 1}]")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)")
-    graphs = cfg.graphs and dev.type == "cuda"
-    dtype = torch.bfloat16
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    out = {"provenance": provenance(cfg, shape=shape, card=card, torch=torch.__version__), "card": card}
+    dev, graphs, dtype, out = _setup(cfg, shape)
     if dev.type == "cuda":
         from sedac.runtime.mlp_ops import ensure_cuda_kernels
 
@@ -192,16 +199,9 @@ def run_soft_bench(cfg: DecodeBenchConfig, progress=print) -> dict:
 
     from sedac.bench import decode_model as dm
     from sedac.bench import decode_soft as ds
-    from sedac.provenance import provenance
 
     shape = load_shape(cfg.shape)
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible (use --device cpu for a smoke run)")
-    graphs = cfg.graphs and dev.type == "cuda"
-    dtype = torch.bfloat16
-    card = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    out = {"provenance": provenance(cfg, shape=shape, card=card, torch=torch.__version__), "card": card}
+    dev, graphs, dtype, out = _setup(cfg, shape)
     if dev.type == "cuda":
         from sedac.runtime.kernels import register
 
