@@ -11,7 +11,7 @@ the probe GEMV, the compare, three for the counters, one ``~skip[:, band]`` per 
 of a 4.6 ms Qwen2.5-7B decode step in CUDA graphs on an H200 (never-firing sedac at 0.986x plain vLLM,
 docs/perf.md). The CUDA kernel (:mod:`sedac.runtime.kernels.decide_triton`) does it in one launch,
 without a host sync. The CPU implementation below is the PyTorch reference, built from the functions
-the other paths use; :meth:`sedac.runtime.vllm_model.SedacRuntime.decide` uses the op for the static
+the other paths use; :meth:`sedac.runtime.vllm_runtime.SedacRuntime.decide` uses the op for the static
 token policy with impl ``op`` and the plain PyTorch path for everything else.
 """
 

@@ -65,7 +65,7 @@ def _skip_mlp_fake(x, keep, w_gate_up, w_down):
 def ensure_cuda_kernels() -> None:
     """Register the Triton CUDA kernel of ``sedac::skip_mlp`` (imports triton; idempotent).
 
-    Call it before a compiled graph is traced (vLLM: :class:`sedac.runtime.vllm_model.SedacRuntime` does
+    Call it before a compiled graph is traced (vLLM: :class:`sedac.runtime.vllm_runtime.SedacRuntime` does
     at start-up): ``torch.library.register_kernel`` cannot run inside a Dynamo trace."""
     from sedac.runtime.kernels import register
 

@@ -128,13 +128,13 @@ def graph_key(cfg_dict: dict[str, Any], probe_path: str) -> str:
     from pathlib import Path
 
     import sedac
-    from sedac.runtime import mlp_ops, policy, stats, vllm_dynamic, vllm_model
+    from sedac.runtime import decide_ops, mlp_ops, policy, soft, stats, vllm_dynamic, vllm_model, vllm_runtime
 
     h = hashlib.sha256()
     keep = {k: v for k, v in cfg_dict.items() if k not in HOST_ONLY_KEYS}
     h.update(json.dumps(keep, sort_keys=True).encode())
     h.update(Path(probe_path).read_bytes())
     h.update(sedac.__version__.encode())
-    for mod in (mlp_ops, policy, stats, vllm_dynamic, vllm_model):
+    for mod in (decide_ops, mlp_ops, policy, soft, stats, vllm_dynamic, vllm_model, vllm_runtime):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]

@@ -116,7 +116,7 @@ def test_dense_steps_count_as_evaluated():
     """On CUDA the op runs more than dense_above rows dense: those rows are computed, not skipped."""
     pytest.importorskip("vllm")
     import sedac.runtime.stats  # noqa: F401  (defines sedac::accumulate_skips)
-    from sedac.runtime.vllm_model import SedacRuntime
+    from sedac.runtime.vllm_runtime import SedacRuntime
 
     rt = SedacRuntime.__new__(SedacRuntime)
     rt.counts = torch.zeros(2, 1, dtype=torch.long)
@@ -133,7 +133,7 @@ def test_dense_steps_count_as_evaluated():
 def test_warmup_forwards_are_not_traffic():
     """vLLM's V2 runner (its CUDA default for dense models) warms up with real execute_model steps on
     made-up requests; a forward under any of vLLM's warm-up functions is not recorded or counted."""
-    from sedac.runtime.vllm_model import _WARMUP_FRAMES, _is_dummy_step
+    from sedac.runtime.vllm_runtime import _WARMUP_FRAMES, _is_dummy_step
 
     assert _is_dummy_step() is False  # a plain call: traffic
     for name in sorted(_WARMUP_FRAMES):
