@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the CPU evidence under docs/evidence/ (quickstart and probes; each Markdown file names the command
 # that wrote it and lists the sedac commands it ran). Not here: soft-skip-smollm2.* (python scripts/soft_evidence.py,
-# ~25 min), decode-soft-<card>.json (scripts/gpu_bench.sh) and gpu-vllm-<card>.json (scripts/gpu_vllm.sh), the last
+# ~71 min), decode-soft-<card>.json (scripts/gpu_bench.sh) and gpu-vllm-<card>.json (scripts/gpu_vllm.sh), the last
 # two on the GPU machine.
 #
 #   bash scripts/evidence.sh [TARGET ...]        (default: every target; ~25 min on an idle 2-core CPU)
