@@ -255,6 +255,20 @@ def measure_ceilings(dev) -> dict:
 DENSE_REFERENCES = ("torch_hf", "torch_fused", "torch_fused_act")
 
 
+def dense_references(x, wgu: list, wd: list) -> dict:
+    """The :data:`DENSE_REFERENCES` as ``name -> fn(i)`` on weight set ``i`` (``wgu[i] [2I, H]``, ``wd[i] [H, I]``):
+    HF layout (separate gate/up GEMMs, ``F.silu(g) * u``), fused gate_up (one GEMM, ``F.silu(g) * u``) and vLLM's
+    MLP (one GEMM, one fused ``silu_and_mul`` kernel, one GEMM)."""
+    from sedac.runtime.kernels.act_triton import silu_mul_triton
+
+    inter = wd[0].shape[1]
+    return {
+        "torch_hf": lambda i: F.linear(F.silu(F.linear(x, wgu[i][:inter])) * F.linear(x, wgu[i][inter:]), wd[i]),
+        "torch_fused": lambda i: (lambda gu: F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd[i]))(x @ wgu[i].T),
+        "torch_fused_act": lambda i: F.linear(silu_mul_triton(x @ wgu[i].T), wd[i]),
+    }
+
+
 def best_dense_ms(ms: dict) -> float:
     """Time of the fastest dense reference present in ``ms`` (older results lack ``torch_fused_act``)."""
     return min(ms[k] for k in DENSE_REFERENCES if k in ms)
@@ -263,7 +277,6 @@ def best_dense_ms(ms: dict) -> float:
 def mlp_microbench(shape, rows, dev, dtype, seed) -> dict:
     """One MLP at M=``rows``: PyTorch (HF layout; fused gate_up; fused gate_up + fused activation, i.e. vLLM's)
     vs the Triton op; graphs of 20 calls."""
-    from sedac.runtime.kernels.act_triton import silu_mul_triton
     from sedac.runtime.kernels.mlp_triton import skip_mlp_triton
     from sedac.runtime.mlp_ops import skip_mlp_reference
 
@@ -277,12 +290,8 @@ def mlp_microbench(shape, rows, dev, dtype, seed) -> dict:
     ones = torch.ones(rows, device=dev, dtype=torch.bool)
     zeros = torch.zeros(rows, device=dev, dtype=torch.bool)
     half = torch.arange(rows, device=dev) >= rows // 2
-    inter = s.intermediate
     variants = {
-        "torch_hf": lambda i: F.linear(F.silu(F.linear(x, wgu[i][:inter])) * F.linear(x, wgu[i][inter:]), wd[i]),
-        "torch_fused": lambda i: (lambda gu: F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd[i]))(x @ wgu[i].T),
-        # vLLM's MLP: cuBLAS GEMMs around one fused silu_and_mul kernel (added after run 5 of docs/perf.md)
-        "torch_fused_act": lambda i: F.linear(silu_mul_triton(x @ wgu[i].T), wd[i]),
+        **dense_references(x, wgu, wd),
         "triton_keep_all": lambda i: skip_mlp_triton(x, ones, wgu[i], wd[i]),
         "triton_keep_half": lambda i: skip_mlp_triton(x, half, wgu[i], wd[i]),
         "triton_skip_all": lambda i: skip_mlp_triton(x, zeros, wgu[i], wd[i]),

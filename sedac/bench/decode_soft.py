@@ -97,8 +97,7 @@ def step_ideal(shape, bsz, kv_len, weight_fraction: list) -> float:
 def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict:
     """One MLP at M=``rows``: dense PyTorch (best of HF layout / fused gate_up / fused gate_up + fused activation,
     i.e. vLLM's) vs ``sparse_mlp`` per level."""
-    from sedac.bench.decode_model import _events_time, best_dense_ms
-    from sedac.runtime.kernels.act_triton import silu_mul_triton
+    from sedac.bench.decode_model import _events_time, best_dense_ms, dense_references
 
     g = torch.Generator(device=dev).manual_seed(seed + 11)
     s, n_sets = shape, 3  # rotate over 3 weight sets (each >> L2)
@@ -107,9 +106,7 @@ def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict
     wd = [torch.empty(s.hidden, inter, device=dev, dtype=dtype).normal_(0, 0.02, generator=g) for _ in range(n_sets)]
     prep = [prepare_sparse_weights(a, b) for a, b in zip(wgu, wd)]
     x = torch.randn(rows, s.hidden, device=dev, dtype=dtype, generator=g)
-    fns = {"torch_hf": lambda i: F.linear(F.silu(F.linear(x, wgu[i][:inter])) * F.linear(x, wgu[i][inter:]), wd[i]),
-           "torch_fused": lambda i: (lambda gu: F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], wd[i]))(x @ wgu[i].T),
-           "torch_fused_act": lambda i: F.linear(silu_mul_triton(x @ wgu[i].T), wd[i])}  # vLLM's MLP
+    fns = dense_references(x, wgu, wd)
     info = {}
     for lv in levels:
         tx = row_quantile(x, lv)

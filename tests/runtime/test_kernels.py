@@ -121,6 +121,28 @@ def test_silu_mul_kernel_under_interpreter():
         assert r["shape"][1] == r["inter"] and r["same_dtype"] and r["err"] < tol, r
 
 
+DENSE_REFS_SCRIPT = textwrap.dedent("""
+    import torch, json, sys
+    from sedac.bench.decode_model import DENSE_REFERENCES, dense_references
+    sys.path.insert(0, "tests/runtime")
+    from test_kernels import dense_reference, rel_err, _inputs
+    sets = [_inputs(3, 24, 40, torch.float32, seed=s) for s in (1, 2)]
+    x = sets[0][0]
+    fns = dense_references(x, [w for _, w, _ in sets], [d for _, _, d in sets])
+    keep = torch.ones(3, dtype=torch.bool)
+    print(json.dumps({"names": sorted(fns) == sorted(DENSE_REFERENCES),
+                      "err": [rel_err(fns[k](i), dense_reference(x, keep, sets[i][1], sets[i][2]))
+                              for k in DENSE_REFERENCES for i in (0, 1)]}))
+""")
+
+
+def test_dense_references_compute_the_mlp():
+    """The microbenchmarks' dense baselines (incl. the fused-activation one, under the interpreter) are the MLP
+    on the weight set they are asked for."""
+    res = run_interpreted(DENSE_REFS_SCRIPT, ROOT)
+    assert res["names"] and len(res["err"]) == 6 and max(res["err"]) < 1e-5, res
+
+
 def test_silu_mul_refuses_odd_widths():
     pytest.importorskip("triton")
     from sedac.runtime.kernels.act_triton import silu_mul_triton
