@@ -1,19 +1,17 @@
 """scripts/vllm_throughput.py's bookkeeping (no engine): ratios, paired ratios, the printed table."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from sedac.testing.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("vllm_throughput", ROOT / "scripts" / "vllm_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("vllm_throughput")
 
 
 def _run(schedule: str) -> dict:

@@ -105,14 +105,13 @@ def test_config_validation_names_flags(tmp_path):
 def test_builtin_tasks_file_is_what_its_generator_writes():
     """660 distinct requests; the first release's 240 rows (40 topics) stay rows 0-239 (a --limit prefix is
     stable); none repeats a hand-written ``builtin`` prompt (the probe's training data)."""
-    import importlib.util
     import json
     from pathlib import Path
 
+    from sedac.testing.scripts import load_script
+
     root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("make_builtin_tasks", root / "scripts" / "make_builtin_tasks.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script("make_builtin_tasks")
     rows = [json.loads(line) for line in (root / "sedac" / "data" / "builtin_tasks.jsonl").read_text().splitlines()]
     assert rows == gen.build_rows() and len(rows) == 660 == len({r["prompt"] for r in rows})
     first = {t for t in gen.TOPICS if any(t in r["prompt"] for r in rows[:240])}
