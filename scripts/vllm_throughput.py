@@ -65,6 +65,13 @@ def make_model(shape: str, root: Path) -> Path:
     return d
 
 
+def band_engine(model: Path, k: int, root: Path) -> dict:
+    """The sedac engine of band ``k``: a random probe on the last ``k`` layers, threshold on the device, run
+    ``never`` (1.0: nothing skipped) and ``always`` (0.0: every band MLP skipped)."""
+    return dict(name=f"band{k}", plugins=True, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
+                settings={"never": 1.0, "always": 0.0})
+
+
 def make_probe(model: Path, k: int, root: Path) -> str:
     from sedac.adapter import fingerprint_from_config
     from sedac.testing.probes import random_probe
@@ -77,17 +84,24 @@ def make_probe(model: Path, k: int, root: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------- engine side
-def engine_main(spec: dict) -> dict:
+def _start(spec: dict, e: dict):
+    """``(llm, {"engine_start_s", "model_class"})`` for engine spec ``e`` (``probe``/``sedac`` absent: plain)."""
     from vllm import LLM
 
     from sedac.runtime import vllm_plugin as vp
 
     kw = dict(spec["engine"])
-    kw.update(vp.engine_kwargs(spec.get("probe"), **spec.get("sedac", {})))
+    kw.update(vp.engine_kwargs(e.get("probe"), **e.get("sedac", {})))
     t0 = time.perf_counter()
     llm = LLM(spec["model"], **kw)
-    out = {"engine_start_s": round(time.perf_counter() - t0, 1),
-           "model_class": llm.collective_rpc("sedac_model_class")[0]}
+    return llm, {"engine_start_s": round(time.perf_counter() - t0, 1),
+                 "model_class": llm.collective_rpc("sedac_model_class")[0]}
+
+
+def engine_main(spec: dict) -> dict:
+    from sedac.runtime import vllm_plugin as vp
+
+    llm, out = _start(spec, spec)
     settings = spec.get("settings") or {"plain": None}
     for name, score in settings.items():
         if score is not None:
@@ -127,8 +141,6 @@ def _summary(tps: list[float]) -> dict:
 
 def interleaved_main(spec: dict) -> dict:
     """All engines of ``spec["engines"]`` at once; each round times every (engine, setting, batch) once."""
-    from vllm import LLM
-
     from sedac.runtime import vllm_plugin as vp
 
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"  # each engine core reads VLLM_PLUGINS afresh
@@ -138,12 +150,7 @@ def interleaved_main(spec: dict) -> dict:
             os.environ.pop("VLLM_PLUGINS", None)
         else:
             os.environ["VLLM_PLUGINS"] = ""
-        kw = dict(spec["engine"])
-        kw.update(vp.engine_kwargs(e.get("probe"), **e.get("sedac", {})))
-        t0 = time.perf_counter()
-        llms[e["name"]] = llm = LLM(spec["model"], **kw)
-        out[e["name"]] = {"engine_start_s": round(time.perf_counter() - t0, 1),
-                          "model_class": llm.collective_rpc("sedac_model_class")[0]}
+        llms[e["name"]], out[e["name"]] = _start(spec, e)
         print(f"engine {e['name']} up: {out[e['name']]}", flush=True)
         items += [(e["name"], st, score, b) for st, score in e["settings"].items() for b in spec["batches"]]
     tps = {it[:2] + (it[3],): [] for it in items}
@@ -252,8 +259,7 @@ def main() -> None:
     if a.interleave:
         result["schedule"] = "interleaved"
         engines = [dict(name="plain", plugins=False, settings={"plain": None})]
-        engines += [dict(name=f"band{k}", plugins=True, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
-                         settings={"never": 1.0, "always": 0.0}) for k in a.bands]
+        engines += [band_engine(model, k, root) for k in a.bands]
         if cuda:  # every engine resident at once: split the memory the startup check asks for
             base["engine"] = dict(engine, gpu_memory_utilization=round(0.85 / len(engines), 3))
         out = run_engine("interleaved", dict(base, engines=engines), root, plugins=True,
@@ -270,9 +276,8 @@ def main() -> None:
     result["plain"] = plain
     result["bands_done"] = []
     for k in a.bands:
-        spec = dict(base, probe=make_probe(model, k, root), sedac={"threshold": 1.0},
-                    settings={"never": 1.0, "always": 0.0})
-        out = run_engine(f"band{k}", spec, root, plugins=True, timeout=a.engine_timeout)
+        out = run_engine(f"band{k}", dict(base, **band_engine(model, k, root)), root, plugins=True,
+                         timeout=a.engine_timeout)
         check_classes({f"band{k}": out})
         result[f"band{k}"] = out
         result["bands_done"].append(k)
@@ -284,8 +289,7 @@ def main() -> None:
         result["plain_start"], result["plain_end"] = plain, end
         pooled = {}
         for b in a.batches:
-            xs = plain["plain"][f"b{b}"]["all"] + end["plain"][f"b{b}"]["all"]
-            pooled[f"b{b}"] = {"tok_s": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "all": xs}
+            pooled[f"b{b}"] = _summary(plain["plain"][f"b{b}"]["all"] + end["plain"][f"b{b}"]["all"])
             result[f"plain_end_over_start_b{b}"] = round(end["plain"][f"b{b}"]["tok_s"] / plain["plain"][f"b{b}"]["tok_s"], 4)
         result["plain"] = {"model_class": plain["model_class"], "plain": pooled, "pooled_from": ["plain", "plain_end"]}
         set_ratios(result)
