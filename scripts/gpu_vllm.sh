@@ -109,6 +109,7 @@ if tp.exists():
     ev["throughput_run_utc"] = now
     for b in r["batches"]:
         ev[f"never_over_plain_b{b}"] = r.get(f"band8_never_over_plain_b{b}")  # band 8 (the speed bar's band); band 14: own key
+        ev[f"never_pooled_paired_over_plain_b{b}"] = r.get(f"never_pooled_paired_over_plain_b{b}")  # interleaved only
         for k in (8, 14):
             ev[f"band{k}_always_over_plain_b{b}"] = r.get(f"band{k}_always_over_plain_b{b}")
             ev[f"band{k}_never_over_plain_b{b}"] = r.get(f"band{k}_never_over_plain_b{b}")

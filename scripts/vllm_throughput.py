@@ -24,7 +24,8 @@ Two schedules:
   process with its own ``VLLM_PLUGINS``, ``gpu_memory_utilization`` split between them), and every round
   times each (engine, setting, batch) once, in an order rotated by one each round. Slow periods of the
   machine then hit every variant alike, and ``band<k>_<setting>_paired_over_plain_b<B>`` is the median over
-  rounds of the same-round ratio. Why: run 4 on an H200 (sequential, bracketed) measured two plain engines
+  rounds of the same-round ratio; ``never_pooled_paired_over_plain_b<B>`` pools every band's never-firing
+  pairs (the same rule) with a 90 % bootstrap interval. Why: run 4 on an H200 (sequential, bracketed) measured two plain engines
   of the same run 2.7 % apart at batch 32 (median 5,628 vs 5,785 tok/s), larger than the effect measured.
 * ``--sequential``: one engine at a time, each in its own process; a second plain engine runs after the
   sedac ones (``plain_end``; ``--no-bracket`` skips it), the baseline is the median of both plain engines'
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -315,6 +317,20 @@ def set_ratios(r: dict) -> None:
                 if r.get("schedule") == "interleaved":  # round i of every variant ran in the same round
                     r[f"band{k}_{st}_paired_over_plain_b{b}"] = round(
                         statistics.median(a / c for a, c in zip(x["all"], ref["all"])), 4)
+    if r.get("schedule") == "interleaved" and r["bands_done"]:
+        for b in r["batches"]:
+            r[f"never_pooled_paired_over_plain_b{b}"] = pooled_never(r, b)
+
+
+def pooled_never(r: dict, b: int, draws: int = 4000) -> dict:
+    """Every band's never-firing rounds are the same rule (nothing skipped), so their same-round ratios pool:
+    the median over all of them and a 90 % percentile-bootstrap interval (fixed seed: reprinting gives the same)."""
+    ref = r["plain"]["plain"][f"b{b}"]["all"]
+    xs = [a / c for k in r["bands_done"] for a, c in zip(r[f"band{k}"]["never"][f"b{b}"]["all"], ref)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
+    return {"median": round(statistics.median(xs), 4), "ci90": [round(boot[int(0.05 * draws)], 4),
+            round(boot[int(0.95 * draws) - 1], 4)], "pairs": len(xs)}
 
 
 def format_table(r: dict) -> str:
@@ -336,6 +352,12 @@ def format_table(r: dict) -> str:
                 pr = f" {r[f'{key}_{s}_paired_over_plain_b{b}']:.3f} |" if paired else ""
                 rows.append(f"| sedac {key} {s} | {b} | {v['tok_s']:.1f} | {v['min']:.1f}-{v['max']:.1f} | "
                             f"{r[f'{key}_{s}_over_plain_b{b}']:.3f} |{pr} {v['skip_rate']:.3f} |")
+    pools = [(b, r[f"never_pooled_paired_over_plain_b{b}"]) for b in r["batches"]
+              if f"never_pooled_paired_over_plain_b{b}" in r]
+    rows += [""] if pools else []
+    for b, pn in pools:
+        rows.append(f"never-firing, batch {b}, all bands pooled ({pn['pairs']} same-round pairs): "
+                    f"paired x plain {pn['median']:.3f}, 90 % bootstrap interval {pn['ci90'][0]:.3f}-{pn['ci90'][1]:.3f}")
     return "\n".join(rows)
 
 

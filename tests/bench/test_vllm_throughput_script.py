@@ -51,3 +51,20 @@ def test_table_option_reprints_a_finished_run(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "vllm_throughput.py"), "--table", str(f)],
                          capture_output=True, text=True, check=True).stdout
     assert "| sedac band8 always | 1 | 120.0 |" in out and "1.200 | 1.200 |" in out
+
+
+def test_never_firing_pairs_pool_over_bands_with_an_interval():
+    vt = _script()
+    r = _run("interleaved")
+    r["bands_done"] = [8, 14]
+    r["band14"] = {"never": {"b1": dict(r["band8"]["never"]["b1"], all=[101.0, 104.0, 50.0])},
+                   "always": r["band8"]["always"]}
+    vt.set_ratios(r)
+    pn = r["never_pooled_paired_over_plain_b1"]
+    # pairs: 0.99, 0.865, 0.98 (band 8) and 1.01, 1.0, 1.0 (band 14): median of six = (0.99 + 1.0) / 2
+    assert pn["pairs"] == 6 and pn["median"] == 0.995
+    assert 0.865 <= pn["ci90"][0] <= pn["median"] <= pn["ci90"][1] <= 1.01 and pn["ci90"][0] < pn["ci90"][1]
+    assert "all bands pooled (6 same-round pairs): paired x plain 0.995" in vt.format_table(r)
+    q = _run("sequential")
+    vt.set_ratios(q)
+    assert not any(k.startswith("never_pooled") for k in q)
