@@ -163,8 +163,8 @@ INTERP_SCRIPT = textwrap.dedent("""
                     w1p, w2p = torch.full_like(w1, float("nan")), torch.full_like(w2, float("nan"))
                 out = torch.full((n, H), float("nan"), dtype=dt)
                 h = torch.full((n, I), float("nan"), dtype=dt)
-                y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h,
-                                      config=((16, 16, 1, 1), (16, 16, prog(n, split), 1, 1, fused)))
+                y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h,  # gate/up: 3 splits of 16 inputs, or 1
+                                      config=((16, 16, 1, 1, 16 if split else 0), (16, 16, prog(n, split), 1, 1, fused)))
                 ref = fp64_reference(x, tx, th, wgu, wd)
                 res.append(dict(n=n, dt=str(dt), s=s, fused=fused, finite=bool(torch.isfinite(y).all()),
                                 inf_rows_zero=bool((y[tx == float("inf")] == 0).all()),
@@ -235,6 +235,24 @@ def _gpu_case(n, hid, inter, seed):
 @pytest.mark.parametrize("n", [1, 2, 5, 16, 32])
 def test_gpu_sparse_qwen_shape(n):
     _gpu_case(n, 3584, 18944, seed=n)
+
+
+@gpu
+def test_gpu_sparse_every_gemv_config():
+    """Batch 1, Qwen2.5-7B shape: every gate/up configuration of the tuning space (one split and split-K over H,
+    whose last program finishes the sum) against float64, twice in a row (its counters must be left at 0)."""
+    from sedac.runtime.kernels import register
+    from sedac.runtime.kernels.sparse_triton import DOWN_GEMV, GATE_UP_GEMV, sparse_mlp_triton
+
+    register()
+    x, wgu, wd = make(1, 3584, 18944, torch.bfloat16, seed=21, device="cuda")
+    w1, w2 = prepare_sparse_weights(wgu, wd)
+    tx, th = quantile_thresholds(x, 0.4), torch.full((1,), 0.02, device="cuda")
+    ref = fp64_reference(x, tx, th, wgu, wd)
+    for cfg in GATE_UP_GEMV:
+        y1 = sparse_mlp_triton(x, tx, th, w1, w2, config=(cfg, DOWN_GEMV[0]))
+        y2 = sparse_mlp_triton(x, tx, th, w1, w2, config=(cfg, DOWN_GEMV[0]))
+        assert rel_err(y1, ref) < BF16_TOL and torch.equal(y1, y2), cfg
 
 
 @gpu

@@ -48,21 +48,23 @@ MAX_ROWS = 32  #: N > 32 -> masked cuBLAS (BM = 64 tiles gave wrong results on a
 
 
 @triton.jit
-def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, H, I, HP: tl.constexpr,
-                  BN: tl.constexpr, BK: tl.constexpr):
-    """N == 1: hm[0, j] for this program's BN columns; w_ptr is w1 [H, 2I]. The kept inputs are
-    compacted first (cumsum -> index list in this program's scratch row), so the loop runs over
-    ceil(kept / BK) dense tiles of gathered weight rows: time follows the bytes kept."""
-    pid = tl.program_id(0)
-    rn = pid * BN + tl.arange(0, BN)
+def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, H, I, S: tl.constexpr,
+                  KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """N == 1, program (column block, split s): the KS inputs of split s; w_ptr is w1 [H, 2I]. The kept
+    inputs are compacted first (cumsum -> index list in this program's scratch row), so the loop runs
+    over ceil(kept / BK) dense tiles of gathered weight rows: time follows the bytes kept. S == 1 applies
+    the activation and stores hm; S > 1 stores fp32 gate/up partials and the program that finishes its
+    column block last sums them (fixed order), applies the activation and stores hm (:func:`_gu_finish`)."""
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
     nmask = rn < I
     tx = tl.load(tx_ptr)
-    ka = tl.arange(0, HP)
+    ka = pid_s * KS + tl.arange(0, KS)
     xa = tl.load(x_ptr + ka, mask=ka < H, other=0.0).to(tl.float32)
     need = ((tl.abs(xa) >= tx) & (ka < H)).to(tl.int32)
     pos = tl.cumsum(need, axis=0) - 1
     cnt = tl.sum(need, axis=0)
-    scr = scr_ptr + pid * HP
+    scr = scr_ptr + (pid_n * S + pid_s) * KS
     tl.store(scr + pos, ka, mask=need != 0)
     tl.debug_barrier()
     accg = tl.zeros([BK, BN], dtype=tl.float32)
@@ -79,7 +81,31 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, H, I, HP: tl.con
         accu += wu.to(tl.float32) * x[:, None]
     g = tl.sum(accg, axis=0)
     u = tl.sum(accu, axis=0)
-    _act_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+    if S == 1:
+        _act_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+    else:
+        _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S)
+
+
+@triton.jit
+def _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S):
+    """Split-K gate/up: store this split's fp32 partials in ``part [S, 2, I]``, bump the column block's
+    counter (after a CTA barrier, acq_rel: the grid-barrier pattern of splitk.finish_tile); the last
+    program sums the S partials in split order (L2 reads), applies SiluAndMul and the h mask, stores hm
+    and resets the counter to 0 for the next launch."""
+    nmask = rn < I
+    tl.store(part_ptr + (pid_s * 2) * I + rn, g, mask=nmask)
+    tl.store(part_ptr + (pid_s * 2 + 1) * I + rn, u, mask=nmask)
+    tl.debug_barrier()
+    old = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
+    if old == S - 1:
+        tg = tl.zeros(g.shape, dtype=tl.float32)
+        tu = tl.zeros(u.shape, dtype=tl.float32)
+        for s in range(0, S):
+            tg += tl.load(part_ptr + (s * 2) * I + rn, mask=nmask, other=0.0, cache_modifier=".cg")
+            tu += tl.load(part_ptr + (s * 2 + 1) * I + rn, mask=nmask, other=0.0, cache_modifier=".cg")
+        _act_store(tg[None, :], tu[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+        tl.atomic_xchg(cnt_ptr + pid_n, 0)
 
 
 @triton.jit
@@ -173,30 +199,42 @@ def _down_dot(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, KS, S, stride_o
 # ------------------------------------------------------------------------------------ launch + tuning
 #: gate/up (BN, BK, warps, stages); down (BN, BK, programs, warps, stages, fused)
 #: N == 1 (compacted GEMV): gate/up (BN, BK, warps, stages); down (BN, BK, KS inputs per split, warps, stages, fused)
-GATE_UP_GEMV = [(64, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 3), (32, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3)]
+#: N == 1 gate/up: (BN, BK, warps, stages, KS inputs per split; 0 = one split). One split puts I / BN programs on
+#: the GPU (296 at BN 64): 2.24 per SM of an H200's 132, so the SMs holding 3 set the time (~0.75 of the bytes
+#: rate) and every program pays the compaction prologue over all H inputs. Splits of H give 500-4,000 programs
+#: with a prologue over KS inputs each (finish: _gu_finish).
+GATE_UP_GEMV = [(64, 64, 8, 3, 0), (32, 64, 4, 3, 0), (128, 32, 8, 3, 0),
+                (64, 64, 4, 3, 512), (128, 32, 4, 3, 512), (128, 64, 8, 3, 512), (256, 32, 8, 3, 512),
+                (64, 32, 4, 3, 1024), (128, 64, 8, 3, 1024), (64, 64, 4, 3, 256), (128, 32, 4, 4, 256),
+                (32, 128, 4, 3, 512), (64, 128, 8, 3, 512), (128, 128, 8, 2, 1024)]
 DOWN_GEMV = [(128, 32, 512, 8, 3, True), (64, 64, 512, 4, 3, True), (128, 64, 1024, 8, 3, True),
              (64, 32, 256, 4, 3, True), (128, 32, 1024, 8, 3, True), (256, 32, 512, 8, 3, True)]
 GATE_UP_DOT = [(64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 4, 3), (32, 128, 4, 4), (128, 32, 4, 4)]
 DOWN_DOT = [(64, 64, 528, 4, 4, True), (128, 64, 264, 8, 3, True), (64, 128, 264, 4, 3, True),
             (32, 128, 528, 4, 4, True), (64, 64, 528, 4, 4, False)]
-_INTERP = {"gu": (16, 16, 1, 1), "down": (16, 16, 8, 1, 1, True), "down1": (16, 16, 32, 1, 1, True)}
+_INTERP = {"gu": (16, 16, 1, 1, 16), "down": (16, 16, 8, 1, 1, True), "down1": (16, 16, 32, 1, 1, True)}
 _TUNED: dict = {}
 
 
 def _launch_gate_up(x, tx, w1, th, h, cfg):
+    """``cfg`` = (BN, BK, warps, stages[, KS]): KS (power of two) = inputs per split of the N == 1 kernel
+    (absent or 0: one split over all H inputs)."""
     n, hid = x.shape
     inter = h.shape[1]
-    bn, bk, warps, stages = cfg
-    grid = (triton.cdiv(inter, bn),)
+    bn, bk, warps, stages = cfg[:4]
+    cols = triton.cdiv(inter, bn)
     if n == 1:
-        hp = triton.next_power_of_2(hid)
-        scr = torch.empty((grid[0], hp), device=x.device, dtype=torch.int32)  # per-program index lists
-        _gate_up_gemv[grid](x, tx, w1, th, h, scr, hid, inter, HP=hp, BN=bn, BK=bk, num_warps=warps,
-                            num_stages=stages)
+        ks = cfg[4] if len(cfg) > 4 and cfg[4] else triton.next_power_of_2(hid)
+        s = triton.cdiv(hid, ks)
+        scr = torch.empty((cols * s * ks,), device=x.device, dtype=torch.int32)  # per-program index lists
+        part = torch.empty((s, 2, inter), device=x.device, dtype=torch.float32) if s > 1 else h
+        cnt = counters(x.device, cols) if s > 1 else h
+        _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, hid, inter, S=s, KS=ks, BN=bn, BK=bk,
+                                 num_warps=warps, num_stages=stages)
     else:
         bm = max(16, triton.next_power_of_2(n))
-        _gate_up_dot[grid](x, tx, w1, th, h, n, hid, inter, x.stride(0), BM=bm, BN=bn, BK=bk,
-                           PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages)
+        _gate_up_dot[(cols,)](x, tx, w1, th, h, n, hid, inter, x.stride(0), BM=bm, BN=bn, BK=bk,
+                              PREC=dot_precision(x.dtype), num_warps=warps, num_stages=stages)
 
 
 def _launch_down(h, w2, out, cfg):
