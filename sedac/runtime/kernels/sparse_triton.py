@@ -12,7 +12,7 @@ Two launches (TEAL-style: weights ``[in, out]``, the mask fused into the weight 
              (``|h| >= thr_h[row]``), stored as ``hm [N, I]``.
 ``down``     split-K GEMM over ``hm``: a weight row of ``w2`` is loaded only when some row's ``hm``
              is non-zero there (a masked or exactly-zero h entry adds nothing, so this is exact);
-             the splits are combined by :func:`sedac.runtime.kernels.splitk.finish_tile` / ``finish_row`` (in-kernel
+             the splits are combined by :func:`sedac.runtime.kernels.splitk.finish_tile` (in-kernel
              "last program reduces", or a tiny second launch).
 
 A row with ``thr_x = +inf`` loads no weight (its x mask is empty, its hm row is 0); a step where every
@@ -41,8 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sedac.runtime.kernels.splitk import (counters, dot_precision, finish_row, finish_tile, reduce_partials, splits_for,
-                                          sum_partials)
+from sedac.runtime.kernels.splitk import counters, dot_precision, finish_tile, reduce_partials, splits_for
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 32  #: N > 32 -> masked cuBLAS (BM = 64 tiles gave wrong results on an H200, not diagnosed)
@@ -50,12 +49,12 @@ MAX_ROWS = 32  #: N > 32 -> masked cuBLAS (BM = 64 tiles gave wrong results on a
 
 @triton.jit
 def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, H, I, S: tl.constexpr,
-                  SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                  KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """N == 1, program (column block, split s): the KS inputs of split s; w_ptr is w1 [H, 2I]. The kept
     inputs are compacted first (cumsum -> index list in this program's scratch row), so the loop runs
     over ceil(kept / BK) dense tiles of gathered weight rows: time follows the bytes kept. S == 1 applies
     the activation and stores hm; S > 1 stores fp32 gate/up partials and the program that finishes its
-    column block last sums them, applies the activation and stores hm (:func:`_gu_finish`)."""
+    column block last sums them (fixed order), applies the activation and stores hm (:func:`_gu_finish`)."""
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     nmask = rn < I
@@ -85,14 +84,14 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
     if S == 1:
         _act_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
     else:
-        _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S, SP)
+        _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S)
 
 
 @triton.jit
-def _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S, SP: tl.constexpr):
+def _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S):
     """Split-K gate/up: store this split's fp32 partials in ``part [S, 2, I]``, bump the column block's
     counter (after a CTA barrier, acq_rel: the grid-barrier pattern of splitk.finish_tile); the last
-    program sums the S partials (one tile load, :func:`splitk.sum_partials`), applies SiluAndMul and the h mask, stores hm
+    program sums the S partials in split order (L2 reads), applies SiluAndMul and the h mask, stores hm
     and resets the counter to 0 for the next launch."""
     nmask = rn < I
     tl.store(part_ptr + (pid_s * 2) * I + rn, g, mask=nmask)
@@ -100,8 +99,11 @@ def _gu_finish(g, u, rn, I, th_ptr, h_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S, S
     tl.debug_barrier()
     old = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
     if old == S - 1:
-        tg = sum_partials(part_ptr, rn, I, S, SP, 2 * I)
-        tu = sum_partials(part_ptr + I, rn, I, S, SP, 2 * I)
+        tg = tl.zeros(g.shape, dtype=tl.float32)
+        tu = tl.zeros(u.shape, dtype=tl.float32)
+        for s in range(0, S):
+            tg += tl.load(part_ptr + (s * 2) * I + rn, mask=nmask, other=0.0, cache_modifier=".cg")
+            tu += tl.load(part_ptr + (s * 2 + 1) * I + rn, mask=nmask, other=0.0, cache_modifier=".cg")
         _act_store(tg[None, :], tu[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
         tl.atomic_xchg(cnt_ptr + pid_n, 0)
 
@@ -146,7 +148,7 @@ def _gate_up_dot(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, N, H, I, stride_x,
 
 
 @triton.jit
-def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, S, SP: tl.constexpr,
+def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, S,
                KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr):
     """N == 1, split s (KS inputs): compact the non-zero hm entries of the slice, then sum
     hm[0, k] * w2[k, cols] over dense tiles of the gathered rows."""
@@ -170,7 +172,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, S, SP: t
         w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
         acc += w.to(tl.float32) * hv[:, None]
     tot = tl.sum(acc, axis=0)
-    finish_row(tot, rn, H, out_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S, SP, FUSED)
+    finish_tile(tot[None, :], tl.arange(0, 1), rn, 1, H, out_ptr, H, part_ptr, cnt_ptr, pid_n, pid_s, S, FUSED)
 
 
 @triton.jit
@@ -230,8 +232,8 @@ def _launch_gate_up(x, tx, w1, th, h, cfg):
         scr = torch.empty((cols * s * ks,), device=x.device, dtype=torch.int32)  # per-program index lists
         part = torch.empty((s, 2, inter), device=x.device, dtype=torch.float32) if s > 1 else h
         cnt = counters(x.device, cols) if s > 1 else h
-        _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, hid, inter, S=s, SP=triton.next_power_of_2(s),
-                                 KS=ks, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+        _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, hid, inter, S=s, KS=ks, BN=bn, BK=bk,
+                                 num_warps=warps, num_stages=stages)
     else:
         bm = max(16, triton.next_power_of_2(n))
         _gate_up_dot[(cols,)](x, tx, w1, th, h, n, hid, inter, x.stride(0), BM=bm, BN=bn, BK=bk,
@@ -254,8 +256,8 @@ def _launch_down(h, w2, out, cfg):
     grid = (cols, s)
     if n == 1:
         scr = torch.empty((cols * s * ks,), device=out.device, dtype=torch.int32)
-        _down_gemv[grid](h, w2, out, part, cnt, scr, hid, inter, s, SP=triton.next_power_of_2(s), KS=ks, BN=bn,
-                         BK=bk, FUSED=fused, num_warps=warps, num_stages=stages)
+        _down_gemv[grid](h, w2, out, part, cnt, scr, hid, inter, s, KS=ks, BN=bn, BK=bk, FUSED=fused,
+                         num_warps=warps, num_stages=stages)
     else:
         bm = max(16, triton.next_power_of_2(n))
         _down_dot[grid](h, w2, out, part, cnt, n, hid, inter, ks, s, out.stride(0), BM=bm, BN=bn, BK=bk,

@@ -56,35 +56,6 @@ def finish_tile(acc, rm, rn, N, C, out_ptr, stride_o, part_ptr, cnt_ptr, pid_n, 
 
 
 @triton.jit
-def sum_partials(part_ptr, rn, C, S, SP: tl.constexpr, stride_s):
-    """``sum_s part[s * stride_s + rn]`` over ``s < S`` (fp32, L2 reads): the S loads are one ``[SP, BN]`` tile
-    (``SP = pow2 >= S``), issued at once - a loop would pay S dependent L2 round trips (~0.4 us each on an
-    H200) in the one program that finishes a column block, a tail that grows with the split count."""
-    sp = tl.arange(0, SP)
-    v = tl.load(part_ptr + sp[:, None] * stride_s + rn[None, :], mask=(sp[:, None] < S) & (rn[None, :] < C),
-                other=0.0, cache_modifier=".cg")
-    return tl.sum(v, axis=0)
-
-
-@triton.jit
-def finish_row(acc, rn, C, out_ptr, part_ptr, cnt_ptr, pid_n, pid_s, S, SP: tl.constexpr, FUSED: tl.constexpr):
-    """:func:`finish_tile` for a one-row output (``acc [BN]``, ``out [1, C]``), the partials summed by
-    :func:`sum_partials` (same ``part [S, 1, C]`` layout, so :func:`reduce_partials` finishes the unfused case)."""
-    cmask = rn < C
-    if S == 1:
-        tl.store(out_ptr + rn, acc.to(out_ptr.dtype.element_ty), mask=cmask)
-    else:
-        tl.store(part_ptr + pid_s * C + rn, acc, mask=cmask)
-        if FUSED:
-            tl.debug_barrier()
-            old = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
-            if old == S - 1:
-                tot = sum_partials(part_ptr, rn, C, S, SP, C)
-                tl.store(out_ptr + rn, tot.to(out_ptr.dtype.element_ty), mask=cmask)
-                tl.atomic_xchg(cnt_ptr + pid_n, 0)
-
-
-@triton.jit
 def _reduce_kernel(part_ptr, out_ptr, N, C, S, stride_o, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     idx = pid * BLOCK + tl.arange(0, BLOCK)
