@@ -5,8 +5,9 @@ Contract: :mod:`sedac.runtime.sparse_ops` (``x [N, H]``, per-row fp32 thresholds
 
 Two launches (TEAL-style: weights ``[in, out]``, the mask fused into the weight load):
 
-``gate/up``  grid over column blocks of I; each program walks all H inputs in ``BK`` chunks, loads
-             its x chunk, masks it per row (``|x| >= thr_x[row]``), and loads the gate and up weight
+``gate/up``  grid over column blocks of I (times S splits of H at N == 1: KS inputs per program, the
+             column block's last program sums the fp32 partials, ``_gu_finish``); each program walks
+             its inputs in ``BK`` chunks, loads its x chunk, masks it per row (``|x| >= thr_x[row]``), and loads the gate and up weight
              rows (2 x BN contiguous elements each) **only for inputs some row keeps** (the union);
              fp32 accumulation; epilogue = vLLM's SiluAndMul in x.dtype, then the h mask
              (``|h| >= thr_h[row]``), stored as ``hm [N, I]``.
@@ -22,7 +23,8 @@ row has ``+inf`` reads no weight byte. ``N == 1`` uses multiply-add GEMV tiles; 
 Launch configuration: tuned once per (device, H, I, row bucket) on **dense** thresholds with the
 caller's real weights, before any graph capture (:func:`tuned_config`); the same configuration
 serves every sparsity level (no per-level retuning is possible per token). Inside a capture with no
-tuned entry, a default configuration is used (never a tuning run). For ``N >= 2`` the tuning also
+tuned entry, a default configuration is used (never a tuning run). Candidates are timed replayed in a
+CUDA graph (:func:`graph_ms`), as decode runs them. For ``N >= 2`` the tuning also
 times the masked PyTorch path (dense cuBLAS GEMMs on the masked inputs): at batch >= 4 the rows'
 masks union to 94-100 % of the weight rows, and when cuBLAS is faster the bucket runs it.
 
