@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 
-def graph_us(fn, n_sets: int = 3, reps: int = 7) -> float:
-    from sedac.bench.decode_model import _events_time
+def graph_us(fn) -> float:
+    """µs of one ``fn(i)`` over the three rotating weight sets (the microbenchmarks' timing)."""
+    from sedac.bench.decode_model import rotating_graph_ms
 
-    for i in range(n_sets):
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            for i in range(n_sets):
-                fn(i)
-    t = statistics.median(_events_time(g.replay, 5, 11)) / (reps * n_sets)
-    del g
-    return t * 1e3
+    return rotating_graph_ms(fn, 3) * 1e3
 
 
 def main() -> None:

@@ -274,6 +274,23 @@ def best_dense_ms(ms: dict) -> float:
     return min(ms[k] for k in DENSE_REFERENCES if k in ms)
 
 
+def rotating_graph_ms(fn, n_sets: int = 3) -> float:
+    """ms of one ``fn(i)`` (``i`` = weight set, rotated so no set stays in L2): ``20 // n_sets + 1`` rounds over
+    every set in one CUDA graph, median of 11 timings of 5 replays, divided by the calls per replay."""
+    for i in range(n_sets):
+        fn(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    reps = 20 // n_sets + 1
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for i in range(n_sets):
+                fn(i)
+    ms = statistics.median(_events_time(graph.replay, 5, 11)) / (reps * n_sets)
+    del graph
+    return ms
+
+
 def mlp_microbench(shape, rows, dev, dtype, seed) -> dict:
     """One MLP at M=``rows``: PyTorch (HF layout; fused gate_up; fused gate_up + fused activation, i.e. vLLM's)
     vs the Triton op; graphs of 20 calls."""
@@ -301,19 +318,7 @@ def mlp_microbench(shape, rows, dev, dtype, seed) -> dict:
         y = skip_mlp_triton(x, keep, wgu[0], wd[0]).double()
         r = skip_mlp_reference(x.double(), keep, wgu[0].double(), wd[0].double())
         err = max(err, ((y - r).norm() / r.norm().clamp_min(1e-30)).item())
-    ms = {}
-    for name, fn in variants.items():
-        for i in range(n_layers):
-            fn(i)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(20 // n_layers + 1):
-                for i in range(n_layers):
-                    fn(i)
-        calls = (20 // n_layers + 1) * n_layers
-        ms[name] = statistics.median(_events_time(graph.replay, 5, 11)) / calls
-        del graph
+    ms = {name: rotating_graph_ms(fn, n_layers) for name, fn in variants.items()}
     from sedac.runtime.kernels import mlp_triton as mt
 
     kern = (mt._gate_up_gemv, mt._down_gemv) if rows == 1 else (mt._gate_up_dot, mt._down_dot)

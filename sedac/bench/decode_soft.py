@@ -16,7 +16,6 @@ in the same process, before and after the soft variants.
 from __future__ import annotations
 
 import re
-import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -97,7 +96,7 @@ def step_ideal(shape, bsz, kv_len, weight_fraction: list) -> float:
 def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict:
     """One MLP at M=``rows``: dense PyTorch (best of HF layout / fused gate_up / fused gate_up + fused activation,
     i.e. vLLM's) vs ``sparse_mlp`` per level."""
-    from sedac.bench.decode_model import _events_time, best_dense_ms, dense_references
+    from sedac.bench.decode_model import best_dense_ms, dense_references, rotating_graph_ms
 
     g = torch.Generator(device=dev).manual_seed(seed + 11)
     s, n_sets = shape, 3  # rotate over 3 weight sets (each >> L2)
@@ -116,19 +115,7 @@ def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict
         info[lv] = {"rel_err_vs_fp64": ((y - ref).norm() / ref.norm()).item(),
                     **mlp_bytes_read(x, tx, th, *prep[0])}
         fns[f"soft {lv}"] = (lambda tx, th: lambda i: torch.ops.sedac.sparse_mlp(x, tx, th, *prep[i]))(tx, th)
-    ms = {}
-    for name, fn in fns.items():
-        for i in range(n_sets):
-            fn(i)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        reps = 20 // n_sets + 1
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                for i in range(n_sets):
-                    fn(i)
-        ms[name] = statistics.median(_events_time(graph.replay, 5, 11)) / (reps * n_sets)
-        del graph
+    ms = {name: rotating_graph_ms(fn, n_sets) for name, fn in fns.items()}
     dense = best_dense_ms(ms)
     out = {"rows": rows, "ms": ms, "dense_best_ms": dense, "mlp_bytes": s.mlp_params * 2, "levels": {}}
     for lv in levels:
