@@ -25,8 +25,9 @@ Two schedules:
   times each (engine, setting, batch) once, in an order rotated by one each round. Slow periods of the
   machine then hit every variant alike, and ``band<k>_<setting>_paired_over_plain_b<B>`` is the median over
   rounds of the same-round ratio; ``never_pooled_paired_over_plain_b<B>`` pools every band's never-firing
-  pairs (the same rule) with a 90 % bootstrap interval. Why: run 4 on an H200 (sequential, bracketed) measured two plain engines
-  of the same run 2.7 % apart at batch 32 (median 5,628 vs 5,785 tok/s), larger than the effect measured.
+  pairs (the same rule) with a 90 % bootstrap interval. Why: run 4 on an H200 (sequential, bracketed)
+  measured two plain engines of the same run 2.7 % apart at batch 32 (median 5,628 vs 5,785 tok/s),
+  larger than the effect measured.
 * ``--sequential``: one engine at a time, each in its own process; a second plain engine runs after the
   sedac ones (``plain_end``; ``--no-bracket`` skips it), the baseline is the median of both plain engines'
   repeats, and ``plain_end_over_start_b<B>`` shows the drift between them.
@@ -315,18 +316,21 @@ def set_ratios(r: dict) -> None:
                 x, ref = r[f"band{k}"][st][f"b{b}"], r["plain"]["plain"][f"b{b}"]
                 r[f"band{k}_{st}_over_plain_b{b}"] = round(x["tok_s"] / ref["tok_s"], 4)
                 if r.get("schedule") == "interleaved":  # round i of every variant ran in the same round
-                    r[f"band{k}_{st}_paired_over_plain_b{b}"] = round(
-                        statistics.median(a / c for a, c in zip(x["all"], ref["all"])), 4)
+                    r[f"band{k}_{st}_paired_over_plain_b{b}"] = round(statistics.median(_pairs(r, k, st, b)), 4)
     if r.get("schedule") == "interleaved" and r["bands_done"]:
         for b in r["batches"]:
             r[f"never_pooled_paired_over_plain_b{b}"] = pooled_never(r, b)
 
 
+def _pairs(r: dict, k: int, setting: str, b: int) -> list[float]:
+    """Band ``k``'s tok/s over plain's, round by round (interleaved runs: round i of each ran together)."""
+    return [a / c for a, c in zip(r[f"band{k}"][setting][f"b{b}"]["all"], r["plain"]["plain"][f"b{b}"]["all"])]
+
+
 def pooled_never(r: dict, b: int, draws: int = 4000) -> dict:
     """Every band's never-firing rounds are the same rule (nothing skipped), so their same-round ratios pool:
     the median over all of them and a 90 % percentile-bootstrap interval (fixed seed: reprinting gives the same)."""
-    ref = r["plain"]["plain"][f"b{b}"]["all"]
-    xs = [a / c for k in r["bands_done"] for a, c in zip(r[f"band{k}"]["never"][f"b{b}"]["all"], ref)]
+    xs = [q for k in r["bands_done"] for q in _pairs(r, k, "never", b)]
     rng = random.Random(0)
     boot = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(draws))
     return {"median": round(statistics.median(xs), 4), "ci90": [round(boot[int(0.05 * draws)], 4),

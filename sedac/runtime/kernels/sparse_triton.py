@@ -7,8 +7,8 @@ Two launches (TEAL-style: weights ``[in, out]``, the mask fused into the weight 
 
 ``gate/up``  grid over column blocks of I (times S splits of H at N == 1: KS inputs per program, the
              column block's last program sums the fp32 partials, ``_gu_finish``); each program walks
-             its inputs in ``BK`` chunks, loads its x chunk, masks it per row (``|x| >= thr_x[row]``), and loads the gate and up weight
-             rows (2 x BN contiguous elements each) **only for inputs some row keeps** (the union);
+             its inputs in ``BK`` chunks, loads its x chunk, masks it per row (``|x| >= thr_x[row]``),
+             and loads the gate and up weight rows (2 x BN contiguous elements each) **only for inputs some row keeps** (the union);
              fp32 accumulation; epilogue = vLLM's SiluAndMul in x.dtype, then the h mask
              (``|h| >= thr_h[row]``), stored as ``hm [N, I]``.
 ``down``     split-K GEMM over ``hm``: a weight row of ``w2`` is loaded only when some row's ``hm``
