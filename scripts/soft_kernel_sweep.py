@@ -2,7 +2,7 @@
 
 Why: the tuner picks one configuration per shape on *dense* thresholds, and `sedac bench decode --soft` reports
 only the picked one. This sweep shows each gate/up and down configuration of
-:mod:`sedac.runtime.kernels.sparse_triton` at every level, so a tuning choice (or a kernel change) can be judged
+:mod:`sedac.runtime.kernels.sparse_gemv` at every level, so a tuning choice (or a kernel change) can be judged
 against the bytes it reads. Qwen2.5-7B MLP shape, bf16, M = 1, three rotating weight sets (each >> L2), one
 CUDA graph of 21 launches, median of 11 replays; dense = the best of `decode_model.dense_references` in the same
 process. Weights ``normal_(0, 0.02)``, x ``randn``; thresholds = per-row quantiles (x), then of |h| (h).
@@ -24,6 +24,13 @@ def graph_us(fn) -> float:
     from sedac.bench.decode_model import rotating_graph_ms
 
     return rotating_graph_ms(fn, 3) * 1e3
+
+
+def _resources(kernel) -> dict:
+    """Registers per thread, spills and shared memory of a compiled Triton kernel (what bounds its occupancy)."""
+    meta = getattr(kernel, "metadata", None)
+    return {"regs": getattr(kernel, "n_regs", None), "spills": getattr(kernel, "n_spills", None),
+            "shared": getattr(meta, "shared", None), "warps": getattr(meta, "num_warps", None)}
 
 
 def main() -> None:
@@ -55,6 +62,9 @@ def main() -> None:
     out = torch.empty(1, hid, device=dev, dtype=dt)
     tuned = st.tuned_config(x, *prep[0])
     res["tuned"] = [list(c) for c in tuned]
+    tx, th = torch.zeros(1, device=dev), torch.zeros(1, device=dev)
+    res["kernels"] = {str(c): _resources(st._launch_gate_up(x, tx, prep[0][0], th, h, c)) for c in st.GATE_UP_GEMV}
+    res["kernels"].update({str(c): _resources(st._launch_down(h, prep[0][1], out, c)) for c in st.DOWN_GEMV})
     for lv in a.levels:
         tx = row_quantile(x, lv)
         th = row_quantile(_act(x, tx, {"w1": prep[0][0], "w2": prep[0][1]}), lv)
@@ -77,12 +87,14 @@ def main() -> None:
               f"{r['realised_over_ideal']:.3f}  best gate/up + best down {r['best_pair_us']:.1f} us "
               f"({r['best_pair_realised_over_ideal']:.3f})", flush=True)
     print(f"dense best {dense_us:.1f} us ({mlp_bytes / dense_us / 1e6:.2f} TB/s); tuned {tuned}")
-    print("| gate/up config | " + " | ".join(f"us @ {lv}" for lv in a.levels) + " |")
+    print("| gate/up config | " + " | ".join(f"us @ {lv}" for lv in a.levels) + " | registers, spills, shared |")
     for c in st.GATE_UP_GEMV:
-        print(f"| {c} | " + " | ".join(f"{res['levels'][str(lv)]['gate_up_us'][str(c)]:.1f}" for lv in a.levels) + " |")
-    print("| down config | " + " | ".join(f"us @ {lv}" for lv in a.levels) + " |")
+        print(f"| {c} | " + " | ".join(f"{res['levels'][str(lv)]['gate_up_us'][str(c)]:.1f}" for lv in a.levels)
+              + f" | {res['kernels'][str(c)]} |")
+    print("| down config | " + " | ".join(f"us @ {lv}" for lv in a.levels) + " | registers, spills, shared |")
     for c in st.DOWN_GEMV:
-        print(f"| {c} | " + " | ".join(f"{res['levels'][str(lv)]['down_us'][str(c)]:.1f}" for lv in a.levels) + " |")
+        print(f"| {c} | " + " | ".join(f"{res['levels'][str(lv)]['down_us'][str(c)]:.1f}" for lv in a.levels)
+              + f" | {res['kernels'][str(c)]} |")
     Path(a.out).write_text(json.dumps(res, indent=1))
 
 

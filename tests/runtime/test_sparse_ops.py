@@ -145,8 +145,13 @@ INTERP_SCRIPT = textwrap.dedent("""
     from test_sparse_ops import fp64_reference, rel_err, make, quantile_thresholds
     res = []
     H, I = 40, 72  # not multiples of the block sizes
-    def prog(n, split):  # N == 1: inputs per split (power of 2); N > 1: target program count
-        return (16 if split else 128) if n == 1 else (8 if split else 1)
+    def configs(n):  # (gate/up, down) per (split-K, fused finish, FIN = loop / one-tile / unrolled finish)
+        if n == 1:  # gate/up: 3 splits of H (14 inputs each) or 1; down: 5 splits of I (15 inputs each) or 1
+            return [((16, 16, 1, 1, 3 if sp else 1, fin), (16, 16, 5 if sp else 1, 1, 1, fu, fin))
+                    for sp, fu, fin in ((True, True, 0), (True, True, 1), (True, True, 2), (True, False, 1),
+                                        (False, True, 0))]
+        return [((16, 16, 1, 1), (16, 16, 8 if sp else 1, 1, 1, fu)) for sp, fu in ((True, True), (True, False),
+                                                                                  (False, True))]
     cases = [(1, torch.float32), (1, torch.float16), (1, torch.bfloat16), (3, torch.float16), (17, torch.float32),
              (32, torch.float16)]
     for seed, (n, dt) in enumerate(cases):
@@ -157,16 +162,15 @@ INTERP_SCRIPT = textwrap.dedent("""
             if n > 1 and s == 0.5:
                 tx[1] = float("inf")  # one row skips its whole MLP
             th = torch.full((n,), 0.0 if s == 0 else 0.02)
-            for split, fused in ((True, True), (True, False), (False, True)):  # split-K (2 finishes), one split
+            for config in configs(n):
                 w1p, w2p = w1, w2
                 if s == 1.0:  # nothing needed: NaN weights must never be read
                     w1p, w2p = torch.full_like(w1, float("nan")), torch.full_like(w2, float("nan"))
                 out = torch.full((n, H), float("nan"), dtype=dt)
                 h = torch.full((n, I), float("nan"), dtype=dt)
-                y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h,  # gate/up: 3 splits of 16 inputs, or 1
-                                      config=((16, 16, 1, 1, 16 if split else 0), (16, 16, prog(n, split), 1, 1, fused)))
+                y = sparse_mlp_triton(x, tx, th, w1p, w2p, out=out, h=h, config=config)
                 ref = fp64_reference(x, tx, th, wgu, wd)
-                res.append(dict(n=n, dt=str(dt), s=s, fused=fused, finite=bool(torch.isfinite(y).all()),
+                res.append(dict(n=n, dt=str(dt), s=s, config=str(config), finite=bool(torch.isfinite(y).all()),
                                 inf_rows_zero=bool((y[tx == float("inf")] == 0).all()),
                                 err=rel_err(y, ref) if ref.norm() > 0 else float(y.abs().max())))
     # batch-mates do not change a row (N = 5, same bucket): exact equality
@@ -196,7 +200,7 @@ INTERP_TOL = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 3e
 
 def test_sparse_kernels_under_interpreter():
     out = run_interpreted(INTERP_SCRIPT, ROOT, timeout=600)
-    assert len(out["res"]) == 6 * 4 * 3
+    assert len(out["res"]) == 3 * 4 * 5 + 3 * 4 * 3  # N == 1: 5 configurations; N > 1: 3
     for r in out["res"]:
         assert r["finite"] and r["inf_rows_zero"], r
         assert r["err"] < INTERP_TOL[r["dt"]], r
@@ -239,8 +243,9 @@ def test_gpu_sparse_qwen_shape(n):
 
 @gpu
 def test_gpu_sparse_every_gemv_config():
-    """Batch 1, Qwen2.5-7B shape: every gate/up configuration of the tuning space (one split and split-K over H,
-    whose last program finishes the sum) against float64, twice in a row (its counters must be left at 0)."""
+    """Batch 1, Qwen2.5-7B shape: every gate/up and every down configuration of the tuning space (one split and
+    split-K, whose last program finishes the sum by loop, tile or unrolled loads) against float64, twice in a row
+    (the counters must be left at 0)."""
     from sedac.runtime.kernels import register
     from sedac.runtime.kernels.sparse_triton import DOWN_GEMV, GATE_UP_GEMV, sparse_mlp_triton
 
@@ -249,9 +254,9 @@ def test_gpu_sparse_every_gemv_config():
     w1, w2 = prepare_sparse_weights(wgu, wd)
     tx, th = quantile_thresholds(x, 0.4), torch.full((1,), 0.02, device="cuda")
     ref = fp64_reference(x, tx, th, wgu, wd)
-    for cfg in GATE_UP_GEMV:
-        y1 = sparse_mlp_triton(x, tx, th, w1, w2, config=(cfg, DOWN_GEMV[0]))
-        y2 = sparse_mlp_triton(x, tx, th, w1, w2, config=(cfg, DOWN_GEMV[0]))
+    for cfg in [(c, DOWN_GEMV[0]) for c in GATE_UP_GEMV] + [(GATE_UP_GEMV[0], c) for c in DOWN_GEMV]:
+        y1 = sparse_mlp_triton(x, tx, th, w1, w2, config=cfg)
+        y2 = sparse_mlp_triton(x, tx, th, w1, w2, config=cfg)
         assert rel_err(y1, ref) < BF16_TOL and torch.equal(y1, y2), cfg
 
 

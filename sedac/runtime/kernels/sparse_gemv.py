@@ -1,0 +1,170 @@
+"""Batch-1 kernels of ``sedac::sparse_mlp`` (soft skip): compacting split-K GEMVs.
+
+Contract and the ``N >= 2`` kernels: :mod:`sedac.runtime.kernels.sparse_triton`. Weights are input-major
+(``w1 = Wgu^T [H, 2I]``, ``w2 = Wd^T [I, H]``), the mask is fused into the weight load (TEAL-style).
+
+Both launches have grid ``(column blocks, S)``: program ``(j, s)`` owns BN output columns and the inputs
+``[s * L, (s + 1) * L)`` (``L = ceil(K / S)``). It first **compacts** its kept inputs: the keep mask of its
+``L`` inputs (``KS = pow2 >= L`` lanes) becomes an index list (``tl.cumsum``, a scratch row of int32 per
+program, a CTA barrier), then it loops over ``ceil(kept / BK)`` dense tiles of gathered weight rows - the
+loop trip count, not only the bytes, shrinks with sparsity. (A first version with predicated loads over
+every input ran 128 / 97 us at 0 / 50 % sparsity on an H200: 0.58 of ideal; the loop set the time.)
+
+``gate/up``  keeps input k when ``|x[k]| >= thr_x``; gathers 2 x BN contiguous weights per kept row (gate
+             and up), fp32 accumulation; epilogue = vLLM's SiluAndMul in x's dtype, then the h mask
+             (``|h| >= thr_h``), stored as ``hm [1, I]``.
+``down``     keeps input k when ``hm[k] != 0`` (a masked or exactly-zero h entry adds nothing: exact).
+
+With ``S > 1`` every program stores fp32 partials and bumps its column block's counter; the program that
+arrives last sums the S partials (:func:`sedac.runtime.kernels.splitk.sum_splits`, ``FIN`` picks a loop, one
+``[pow2(S), BN]`` tile load or an unrolled sum) and writes the output (down without ``FUSED``: a second,
+tiny launch). ``S`` is a tuning knob: it sets the program count, hence how the grid fills the SMs' slots
+(a second wave of a few programs is a tail of one program's duration).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sedac.runtime.kernels.act_triton import act_mask_store
+from sedac.runtime.kernels.splitk import counters, reduce_partials, sum_splits
+
+
+@triton.jit
+def _compact(ka, keep, scr_ptr):
+    """The inputs ``ka`` whose lane is kept, in order, into ``scr_ptr[0:count]`` (then a CTA barrier); returns
+    ``count``."""
+    need = keep.to(tl.int32)
+    pos = tl.cumsum(need, axis=0) - 1
+    tl.store(scr_ptr + pos, ka, mask=need != 0)
+    tl.debug_barrier()
+    return tl.sum(need, axis=0)
+
+
+@triton.jit
+def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, H, I, L,
+                  S: tl.constexpr, SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                  FIN: tl.constexpr):
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    nmask = rn < I
+    k0 = pid_s * L
+    ka = k0 + tl.arange(0, KS)
+    kin = ka < tl.minimum(k0 + L, H)
+    xa = tl.load(x_ptr + ka, mask=kin, other=0.0).to(tl.float32)
+    scr = scr_ptr + (pid_n * S + pid_s) * KS
+    cnt = _compact(ka, (tl.abs(xa) >= tl.load(tx_ptr)) & kin, scr)
+    accg = tl.zeros([BK, BN], dtype=tl.float32)
+    accu = tl.zeros([BK, BN], dtype=tl.float32)
+    for j in range(0, cnt, BK):
+        jj = j + tl.arange(0, BK)
+        jm = jj < cnt
+        kk = tl.load(scr + jj, mask=jm, other=0)
+        x = tl.load(x_ptr + kk, mask=jm, other=0.0).to(tl.float32)
+        wmask = jm[:, None] & nmask[None, :]
+        wg = tl.load(w_ptr + kk[:, None] * (2 * I) + rn[None, :], mask=wmask, other=0.0)
+        wu = tl.load(w_ptr + kk[:, None] * (2 * I) + I + rn[None, :], mask=wmask, other=0.0)
+        accg += wg.to(tl.float32) * x[:, None]
+        accu += wu.to(tl.float32) * x[:, None]
+    g = tl.sum(accg, axis=0)
+    u = tl.sum(accu, axis=0)
+    if S == 1:
+        act_mask_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+    else:  # partials part [S, 2, I]; the column block's last program sums them and applies the activation
+        tl.store(part_ptr + (pid_s * 2) * I + rn, g, mask=nmask)
+        tl.store(part_ptr + (pid_s * 2 + 1) * I + rn, u, mask=nmask)
+        tl.debug_barrier()
+        if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == S - 1:
+            tg = sum_splits(part_ptr, rn, I, 2 * I, S, SP, FIN)
+            tu = sum_splits(part_ptr + I, rn, I, 2 * I, S, SP, FIN)
+            act_mask_store(tg[None, :], tu[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)
+
+
+@triton.jit
+def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, L, S: tl.constexpr, SP: tl.constexpr,
+               KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr, FIN: tl.constexpr):
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BN + tl.arange(0, BN)
+    nmask = rn < H
+    k0 = pid_s * L
+    ka = k0 + tl.arange(0, KS)
+    kin = ka < tl.minimum(k0 + L, I)
+    ha = tl.load(h_ptr + ka, mask=kin, other=0.0)
+    scr = scr_ptr + (pid_n * S + pid_s) * KS
+    cnt = _compact(ka, (ha != 0.0) & kin, scr)
+    acc = tl.zeros([BK, BN], dtype=tl.float32)
+    for j in range(0, cnt, BK):
+        jj = j + tl.arange(0, BK)
+        jm = jj < cnt
+        kk = tl.load(scr + jj, mask=jm, other=0)
+        hv = tl.load(h_ptr + kk, mask=jm, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
+        acc += w.to(tl.float32) * hv[:, None]
+    tot = tl.sum(acc, axis=0)
+    if S == 1:
+        tl.store(out_ptr + rn, tot.to(out_ptr.dtype.element_ty), mask=nmask)
+    else:  # partials part [S, 1, H] (the layout reduce_partials finishes when not FUSED)
+        tl.store(part_ptr + pid_s * H + rn, tot, mask=nmask)
+        if FUSED:
+            tl.debug_barrier()
+            if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == S - 1:
+                fin = sum_splits(part_ptr, rn, H, H, S, SP, FIN)
+                tl.store(out_ptr + rn, fin.to(out_ptr.dtype.element_ty), mask=nmask)
+                tl.atomic_xchg(cnt_ptr + pid_n, 0)
+
+
+# --------------------------------------------------------------------------------------------- launch
+#: gate/up (BN, BK, warps, stages, S splits of H, FIN); down (BN, BK, S splits of I, warps, stages, FUSED, FIN).
+#: FIN: 0 loop, 1 one-tile, 2 unrolled finish (splitk.sum_splits). Stages never mattered (run 4: 2/3/5 equal to
+#: 0.1 us: these gathers are not software-pipelined), so 3 throughout. S sets the program count at the
+#: Qwen2.5-7B shape: gate/up 296 column blocks (BN 64) x S; down 56 (BN 64) or 28 (BN 128) x S.
+GATE_UP_GEMV = [(64, 32, 4, 3, 4, 0), (64, 32, 4, 3, 4, 2), (64, 32, 4, 3, 4, 1), (64, 32, 4, 3, 2, 0),
+                (64, 32, 4, 3, 2, 2), (64, 32, 4, 3, 3, 2), (64, 32, 4, 3, 7, 2), (64, 16, 4, 3, 4, 2),
+                (64, 32, 8, 3, 4, 2), (128, 32, 4, 3, 4, 2), (128, 32, 8, 3, 2, 2), (32, 32, 4, 3, 2, 2),
+                (32, 32, 4, 3, 1, 0), (32, 64, 4, 3, 1, 0)]
+DOWN_GEMV = [(128, 32, 19, 8, 3, True, 0), (128, 32, 19, 8, 3, True, 1), (64, 32, 19, 4, 3, True, 1),
+             (64, 32, 19, 4, 3, True, 2), (64, 32, 16, 4, 3, True, 1), (64, 32, 18, 4, 3, True, 1),
+             (64, 32, 32, 4, 3, True, 1), (64, 32, 37, 4, 3, True, 1), (64, 32, 9, 4, 3, True, 1),
+             (128, 32, 9, 8, 3, True, 1), (128, 32, 16, 8, 3, True, 1), (128, 32, 37, 8, 3, True, 1),
+             (64, 32, 19, 8, 3, True, 1), (32, 64, 19, 4, 3, True, 1), (64, 16, 19, 4, 3, True, 1),
+             (256, 32, 19, 8, 3, True, 1)]
+
+
+def _splits(k: int, s: int) -> tuple[int, int, int]:
+    """``(S, L, KS)`` for about ``s`` splits of ``k`` inputs: L = ceil(k / s) inputs each, KS = pow2 >= L lanes."""
+    length = triton.cdiv(k, max(1, s))
+    return triton.cdiv(k, length), length, triton.next_power_of_2(length)
+
+
+def launch_gate_up_gemv(x, tx, w1, th, h, cfg):
+    """``hm [1, I]`` from ``x [1, H]``: cfg = (BN, BK, warps, stages, S, FIN). Returns the compiled kernel."""
+    hid, inter = x.shape[1], h.shape[1]
+    bn, bk, warps, stages, s, fin = cfg
+    s, length, ks = _splits(hid, s)
+    cols = triton.cdiv(inter, bn)
+    scr = torch.empty((cols * s * ks,), device=x.device, dtype=torch.int32)  # per-program index lists
+    part = torch.empty((s, 2, inter), device=x.device, dtype=torch.float32) if s > 1 else h
+    cnt = counters(x.device, cols) if s > 1 else h
+    return _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, hid, inter, length, S=s,
+                                    SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FIN=fin, num_warps=warps,
+                                    num_stages=stages)
+
+
+def launch_down_gemv(h, w2, out, cfg):
+    """``out [1, H]`` from ``hm [1, I]``: cfg = (BN, BK, S, warps, stages, FUSED, FIN). Returns the compiled kernel."""
+    inter, hid = h.shape[1], out.shape[1]
+    bn, bk, s, warps, stages, fused, fin = cfg
+    s, length, ks = _splits(inter, s)
+    cols = triton.cdiv(hid, bn)
+    fused = fused and s > 1
+    cnt = counters(out.device, cols) if fused else out
+    part = torch.empty((s, 1, hid), device=out.device, dtype=torch.float32) if s > 1 else out
+    scr = torch.empty((cols * s * ks,), device=out.device, dtype=torch.int32)
+    k = _down_gemv[(cols, s)](h, w2, out, part, cnt, scr, hid, inter, length, S=s, SP=triton.next_power_of_2(s),
+                              KS=ks, BN=bn, BK=bk, FUSED=fused, FIN=fin, num_warps=warps, num_stages=stages)
+    if s > 1 and not fused:
+        reduce_partials(part, out)
+    return k
