@@ -33,6 +33,19 @@ from sedac.runtime.kernels.splitk import counters, reduce_partials, sum_splits
 
 
 @triton.jit
+def _stamp(trace_ptr, slot: tl.constexpr, TRACE: tl.constexpr):
+    """TRACE only (``scripts/soft_kernel_phases.py``): this program's %globaltimer (ns) at ``slot`` of its 8-slot
+    row, and its SM id at slot 7. Compiled out otherwise."""
+    if TRACE:
+        row = trace_ptr + (tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)) * 8
+        tl.store(row + slot, tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                                       is_pure=False, pack=1))
+        if slot == 0:
+            tl.store(row + 7, tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
+                                                        is_pure=True, pack=1).to(tl.int64))
+
+
+@triton.jit
 def _compact(ka, keep, scr_ptr):
     """The inputs ``ka`` whose lane is kept, in order, into ``scr_ptr[0:count]`` (then a CTA barrier); returns
     ``count``."""
@@ -44,9 +57,10 @@ def _compact(ka, keep, scr_ptr):
 
 
 @triton.jit
-def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, H, I, L,
+def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, trace_ptr, H, I, L,
                   S: tl.constexpr, SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                  FIN: tl.constexpr):
+                  FIN: tl.constexpr, TRACE: tl.constexpr):
+    _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     nmask = rn < I
@@ -56,6 +70,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
     xa = tl.load(x_ptr + ka, mask=kin, other=0.0).to(tl.float32)
     scr = scr_ptr + (pid_n * S + pid_s) * KS
     cnt = _compact(ka, (tl.abs(xa) >= tl.load(tx_ptr)) & kin, scr)
+    _stamp(trace_ptr, 1, TRACE)
     accg = tl.zeros([BK, BN], dtype=tl.float32)
     accu = tl.zeros([BK, BN], dtype=tl.float32)
     for j in range(0, cnt, BK):
@@ -70,6 +85,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
         accu += wu.to(tl.float32) * x[:, None]
     g = tl.sum(accg, axis=0)
     u = tl.sum(accu, axis=0)
+    _stamp(trace_ptr, 2, TRACE)
     if S == 1:
         act_mask_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
     else:  # partials part [S, 2, I]; the column block's last program sums them and applies the activation
@@ -81,11 +97,14 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
             tu = sum_splits(part_ptr + I, rn, I, 2 * I, S, SP, FIN)
             act_mask_store(tg[None, :], tu[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
+    _stamp(trace_ptr, 3, TRACE)
 
 
 @triton.jit
-def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, L, S: tl.constexpr, SP: tl.constexpr,
-               KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr, FIN: tl.constexpr):
+def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, I, L, S: tl.constexpr,
+               SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr,
+               FIN: tl.constexpr, TRACE: tl.constexpr):
+    _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
     nmask = rn < H
@@ -95,6 +114,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, L, S: tl
     ha = tl.load(h_ptr + ka, mask=kin, other=0.0)
     scr = scr_ptr + (pid_n * S + pid_s) * KS
     cnt = _compact(ka, (ha != 0.0) & kin, scr)
+    _stamp(trace_ptr, 1, TRACE)
     acc = tl.zeros([BK, BN], dtype=tl.float32)
     for j in range(0, cnt, BK):
         jj = j + tl.arange(0, BK)
@@ -104,6 +124,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, L, S: tl
         w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
         acc += w.to(tl.float32) * hv[:, None]
     tot = tl.sum(acc, axis=0)
+    _stamp(trace_ptr, 2, TRACE)
     if S == 1:
         tl.store(out_ptr + rn, tot.to(out_ptr.dtype.element_ty), mask=nmask)
     else:  # partials part [S, 1, H] (the layout reduce_partials finishes when not FUSED)
@@ -114,6 +135,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, H, I, L, S: tl
                 fin = sum_splits(part_ptr, rn, H, H, S, SP, FIN)
                 tl.store(out_ptr + rn, fin.to(out_ptr.dtype.element_ty), mask=nmask)
                 tl.atomic_xchg(cnt_ptr + pid_n, 0)
+    _stamp(trace_ptr, 3, TRACE)
 
 
 # --------------------------------------------------------------------------------------------- launch
@@ -139,8 +161,14 @@ def _splits(k: int, s: int) -> tuple[int, int, int]:
     return triton.cdiv(k, length), length, triton.next_power_of_2(length)
 
 
-def launch_gate_up_gemv(x, tx, w1, th, h, cfg):
-    """``hm [1, I]`` from ``x [1, H]``: cfg = (BN, BK, warps, stages, S, FIN). Returns the compiled kernel."""
+def trace_rows(k: int, cols: int, s: int) -> int:
+    """Programs of a launch over ``k`` inputs (``cfg`` S = ``s``) and ``cols`` column blocks: rows of a trace."""
+    return cols * _splits(k, s)[0]
+
+
+def launch_gate_up_gemv(x, tx, w1, th, h, cfg, trace=None):
+    """``hm [1, I]`` from ``x [1, H]``: cfg = (BN, BK, warps, stages, S, FIN). Returns the compiled kernel.
+    ``trace``: int64 ``[programs, 8]`` filled with per-program timestamps (diagnostics only)."""
     hid, inter = x.shape[1], h.shape[1]
     bn, bk, warps, stages, s, fin = cfg
     s, length, ks = _splits(hid, s)
@@ -148,13 +176,14 @@ def launch_gate_up_gemv(x, tx, w1, th, h, cfg):
     scr = torch.empty((cols * s * ks,), device=x.device, dtype=torch.int32)  # per-program index lists
     part = torch.empty((s, 2, inter), device=x.device, dtype=torch.float32) if s > 1 else h
     cnt = counters(x.device, cols) if s > 1 else h
-    return _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, hid, inter, length, S=s,
-                                    SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FIN=fin, num_warps=warps,
-                                    num_stages=stages)
+    return _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, scr if trace is None else trace, hid, inter,
+                                    length, S=s, SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FIN=fin,
+                                    TRACE=trace is not None, num_warps=warps, num_stages=stages)
 
 
-def launch_down_gemv(h, w2, out, cfg):
-    """``out [1, H]`` from ``hm [1, I]``: cfg = (BN, BK, S, warps, stages, FUSED, FIN). Returns the compiled kernel."""
+def launch_down_gemv(h, w2, out, cfg, trace=None):
+    """``out [1, H]`` from ``hm [1, I]``: cfg = (BN, BK, S, warps, stages, FUSED, FIN). Returns the compiled kernel.
+    ``trace``: as :func:`launch_gate_up_gemv`."""
     inter, hid = h.shape[1], out.shape[1]
     bn, bk, s, warps, stages, fused, fin = cfg
     s, length, ks = _splits(inter, s)
@@ -163,8 +192,9 @@ def launch_down_gemv(h, w2, out, cfg):
     cnt = counters(out.device, cols) if fused else out
     part = torch.empty((s, 1, hid), device=out.device, dtype=torch.float32) if s > 1 else out
     scr = torch.empty((cols * s * ks,), device=out.device, dtype=torch.int32)
-    k = _down_gemv[(cols, s)](h, w2, out, part, cnt, scr, hid, inter, length, S=s, SP=triton.next_power_of_2(s),
-                              KS=ks, BN=bn, BK=bk, FUSED=fused, FIN=fin, num_warps=warps, num_stages=stages)
+    k = _down_gemv[(cols, s)](h, w2, out, part, cnt, scr, scr if trace is None else trace, hid, inter, length, S=s,
+                              SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FUSED=fused, FIN=fin,
+                              TRACE=trace is not None, num_warps=warps, num_stages=stages)
     if s > 1 and not fused:
         reduce_partials(part, out)
     return k
