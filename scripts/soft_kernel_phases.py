@@ -36,7 +36,7 @@ def _summary(tr: torch.Tensor) -> dict:
 
 def _parse(c: str) -> tuple:
     v = [int(t) for t in c.split(",")]
-    if len(v) == 7:  # down: (BN, BK, S, warps, stages, FUSED, FIN)
+    if len(v) >= 7:  # down: (BN, BK, S, warps, stages, FUSED, FIN[, EV])
         v[5] = bool(v[5])
     return tuple(v)
 

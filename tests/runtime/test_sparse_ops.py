@@ -149,7 +149,8 @@ INTERP_SCRIPT = textwrap.dedent("""
         if n == 1:  # gate/up: 3 splits of H (14 inputs each) or 1; down: 5 splits of I (15 inputs each) or 1
             return [((16, 16, 1, 1, 3 if sp else 1, fin), (16, 16, 5 if sp else 1, 1, 1, fu, fin))
                     for sp, fu, fin in ((True, True, 0), (True, True, 1), (True, True, 2), (True, False, 1),
-                                        (False, True, 0))]
+                                        (False, True, 0))] + [  # 16 inputs per split (last shorter), evict_first
+                ((16, 16, 1, 1, -16, 0, 1), (16, 16, -16, 1, 1, True, 2, 1))]
         return [((16, 16, 1, 1), (16, 16, 8 if sp else 1, 1, 1, fu)) for sp, fu in ((True, True), (True, False),
                                                                                   (False, True))]
     cases = [(1, torch.float32), (1, torch.float16), (1, torch.bfloat16), (3, torch.float16), (17, torch.float32),
@@ -200,7 +201,7 @@ INTERP_TOL = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 3e
 
 def test_sparse_kernels_under_interpreter():
     out = run_interpreted(INTERP_SCRIPT, ROOT, timeout=600)
-    assert len(out["res"]) == 3 * 4 * 5 + 3 * 4 * 3  # N == 1: 5 configurations; N > 1: 3
+    assert len(out["res"]) == 3 * 4 * 6 + 3 * 4 * 3  # N == 1: 6 configurations; N > 1: 3
     for r in out["res"]:
         assert r["finite"] and r["inf_rows_zero"], r
         assert r["err"] < INTERP_TOL[r["dt"]], r

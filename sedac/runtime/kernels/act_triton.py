@@ -27,15 +27,15 @@ def _silu_mul(gu_ptr, h_ptr, I, stride_gu, stride_h, BI: tl.constexpr):
 
 
 @triton.jit
-def act_mask_store(g, u, rm, rn, N, I, th_ptr, h_ptr, stride_h):
+def act_mask_store(g, u, th, rm, rn, N, I, h_ptr, stride_h):
     """The soft-skip kernels' epilogue on fp32 ``g, u [BM, BN]``: SiluAndMul in h's dtype (gate and up rounded
-    first, as vLLM), then the per-row h mask (``|h| >= th[row]``, else 0); store ``h [N, I]``."""
+    first, as vLLM), then the per-row h mask (``|h| >= th[row]``, else 0, ``th [BM]`` loaded by the caller - early,
+    so its latency is off the finishing program's path); store ``h [N, I]``."""
     dt = h_ptr.dtype.element_ty
     g = g.to(dt).to(tl.float32)
     u = u.to(dt).to(tl.float32)
     s = (g * tl.sigmoid(g)).to(dt).to(tl.float32)
     h = (s * u).to(dt)
-    th = tl.load(th_ptr + rm, mask=rm < N, other=float("inf"))
     h = tl.where(tl.abs(h.to(tl.float32)) >= th[:, None], h, 0.0)
     tl.store(h_ptr + rm[:, None] * stride_h + rn[None, :], h.to(dt), mask=(rm[:, None] < N) & (rn[None, :] < I))
 

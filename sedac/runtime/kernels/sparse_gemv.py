@@ -59,7 +59,7 @@ def _compact(ka, keep, scr_ptr):
 @triton.jit
 def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_ptr, trace_ptr, H, I, L,
                   S: tl.constexpr, SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                  FIN: tl.constexpr, TRACE: tl.constexpr):
+                  FIN: tl.constexpr, EV: tl.constexpr, TRACE: tl.constexpr):
     _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -68,6 +68,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
     ka = k0 + tl.arange(0, KS)
     kin = ka < tl.minimum(k0 + L, H)
     xa = tl.load(x_ptr + ka, mask=kin, other=0.0).to(tl.float32)
+    th = tl.load(th_ptr + tl.arange(0, 1))
     scr = scr_ptr + (pid_n * S + pid_s) * KS
     cnt = _compact(ka, (tl.abs(xa) >= tl.load(tx_ptr)) & kin, scr)
     _stamp(trace_ptr, 1, TRACE)
@@ -79,15 +80,15 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
         kk = tl.load(scr + jj, mask=jm, other=0)
         x = tl.load(x_ptr + kk, mask=jm, other=0.0).to(tl.float32)
         wmask = jm[:, None] & nmask[None, :]
-        wg = tl.load(w_ptr + kk[:, None] * (2 * I) + rn[None, :], mask=wmask, other=0.0)
-        wu = tl.load(w_ptr + kk[:, None] * (2 * I) + I + rn[None, :], mask=wmask, other=0.0)
+        wg = tl.load(w_ptr + kk[:, None] * (2 * I) + rn[None, :], mask=wmask, other=0.0, eviction_policy=EV)
+        wu = tl.load(w_ptr + kk[:, None] * (2 * I) + I + rn[None, :], mask=wmask, other=0.0, eviction_policy=EV)
         accg += wg.to(tl.float32) * x[:, None]
         accu += wu.to(tl.float32) * x[:, None]
     g = tl.sum(accg, axis=0)
     u = tl.sum(accu, axis=0)
     _stamp(trace_ptr, 2, TRACE)
     if S == 1:
-        act_mask_store(g[None, :], u[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+        act_mask_store(g[None, :], u[None, :], th, tl.arange(0, 1), rn, 1, I, h_ptr, I)
     else:  # partials part [S, 2, I]; the column block's last program sums them and applies the activation
         tl.store(part_ptr + (pid_s * 2) * I + rn, g, mask=nmask)
         tl.store(part_ptr + (pid_s * 2 + 1) * I + rn, u, mask=nmask)
@@ -95,7 +96,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
         if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == S - 1:
             tg = sum_splits(part_ptr, rn, I, 2 * I, S, SP, FIN)
             tu = sum_splits(part_ptr + I, rn, I, 2 * I, S, SP, FIN)
-            act_mask_store(tg[None, :], tu[None, :], tl.arange(0, 1), rn, 1, I, th_ptr, h_ptr, I)
+            act_mask_store(tg[None, :], tu[None, :], th, tl.arange(0, 1), rn, 1, I, h_ptr, I)
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
     _stamp(trace_ptr, 3, TRACE)
 
@@ -103,7 +104,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
 @triton.jit
 def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, I, L, S: tl.constexpr,
                SP: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, FUSED: tl.constexpr,
-               FIN: tl.constexpr, TRACE: tl.constexpr):
+               FIN: tl.constexpr, EV: tl.constexpr, TRACE: tl.constexpr):
     _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -121,7 +122,8 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, 
         jm = jj < cnt
         kk = tl.load(scr + jj, mask=jm, other=0)
         hv = tl.load(h_ptr + kk, mask=jm, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=jm[:, None] & nmask[None, :], other=0.0)
+        w = tl.load(w_ptr + kk[:, None] * H + rn[None, :], mask=jm[:, None] & nmask[None, :], other=0.0,
+                    eviction_policy=EV)
         acc += w.to(tl.float32) * hv[:, None]
     tot = tl.sum(acc, axis=0)
     _stamp(trace_ptr, 2, TRACE)
@@ -139,26 +141,32 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, 
 
 
 # --------------------------------------------------------------------------------------------- launch
-#: gate/up (BN, BK, warps, stages, S splits of H, FIN); down (BN, BK, S splits of I, warps, stages, FUSED, FIN).
-#: FIN: 0 loop, 1 one-tile, 2 unrolled finish (splitk.sum_splits). Stages never mattered (run 4: 2/3/5 equal to
-#: 0.1 us: these gathers are not software-pipelined), so 3 throughout. S sets the program count at the
-#: Qwen2.5-7B shape: gate/up 296 column blocks (BN 64) x S; down 56 (BN 64) or 28 (BN 128) x S.
-GATE_UP_GEMV = [(64, 32, 4, 3, 4, 0), (64, 32, 4, 3, 4, 2), (64, 32, 4, 3, 4, 1), (64, 32, 4, 3, 2, 0),
-                (64, 32, 4, 3, 2, 2), (64, 32, 4, 3, 3, 2), (64, 32, 4, 3, 7, 2), (64, 16, 4, 3, 4, 2),
-                (64, 32, 8, 3, 4, 2), (128, 32, 4, 3, 4, 2), (128, 32, 8, 3, 2, 2), (32, 32, 4, 3, 2, 2),
-                (32, 32, 4, 3, 1, 0), (32, 64, 4, 3, 1, 0)]
-DOWN_GEMV = [(128, 32, 19, 8, 3, True, 0), (128, 32, 19, 8, 3, True, 1), (64, 32, 19, 4, 3, True, 1),
-             (64, 32, 19, 4, 3, True, 2), (64, 32, 16, 4, 3, True, 1), (64, 32, 18, 4, 3, True, 1),
-             (64, 32, 32, 4, 3, True, 1), (64, 32, 37, 4, 3, True, 1), (64, 32, 9, 4, 3, True, 1),
-             (128, 32, 9, 8, 3, True, 1), (128, 32, 16, 8, 3, True, 1), (128, 32, 37, 8, 3, True, 1),
-             (64, 32, 19, 8, 3, True, 1), (32, 64, 19, 4, 3, True, 1), (64, 16, 19, 4, 3, True, 1),
-             (256, 32, 19, 8, 3, True, 1)]
+#: gate/up (BN, BK, warps, stages, S, FIN[, EV]); down (BN, BK, S, warps, stages, FUSED, FIN[, EV]). S: splits of the
+#: inputs (> 0: S equal splits; < 0: -S inputs per split, last shorter: _splits). FIN: 0 loop, 1 one-tile, 2 unrolled
+#: finish (splitk.sum_splits). EV 1: weights loaded evict_first. Stages never mattered (run 4: 2/3/5 equal to 0.1 us:
+#: these gathers are not software-pipelined), so 3 throughout. Run 6 (H200, sweep): the best grids are one wave of
+#: about 9 programs per SM (gate/up 296 column blocks x 4 = 1,184; down 56 x 19 = 1,064), fewer programs lose bytes in
+#: flight (gate/up S = 2: 113 us dense vs 75), a second wave adds a tail; the one-tile finish costs gate/up 12 us.
+GATE_UP_GEMV = [(64, 32, 4, 3, 4, 0), (64, 32, 4, 3, 4, 0, 1), (64, 32, 4, 3, 4, 2), (64, 32, 4, 3, 4, 2, 1),
+                (64, 32, 4, 3, -1024, 0), (64, 16, 4, 3, 5, 0, 1), (64, 16, 4, 3, 4, 0, 1), (64, 32, 4, 3, 7, 0, 1),
+                (128, 32, 8, 3, 2, 2, 1), (64, 32, 4, 3, 3, 0, 1)]
+DOWN_GEMV = [(64, 32, 19, 4, 3, True, 1), (64, 32, 19, 4, 3, True, 1, 1), (64, 32, -1024, 4, 3, True, 1),
+             (64, 32, -1024, 4, 3, True, 1, 1), (128, 32, 19, 8, 3, True, 1, 1), (128, 32, -1024, 8, 3, True, 1, 1),
+             (64, 32, 16, 4, 3, True, 1, 1), (64, 32, 19, 4, 3, True, 0, 1), (64, 64, 19, 4, 3, True, 1, 1),
+             (64, 16, 19, 4, 3, True, 1, 1)]
 
 
 def _splits(k: int, s: int) -> tuple[int, int, int]:
-    """``(S, L, KS)`` for about ``s`` splits of ``k`` inputs: L = ceil(k / s) inputs each, KS = pow2 >= L lanes."""
-    length = triton.cdiv(k, max(1, s))
+    """``(S, L, KS)``: ``s > 0``: about s equal splits of ``k`` inputs, L = ceil(k / s) inputs each, KS = pow2 >= L
+    lanes; ``s < 0``: L = KS = -s (a power of two) inputs per split, the last one shorter."""
+    length = -s if s < 0 else triton.cdiv(k, max(1, s))
     return triton.cdiv(k, length), length, triton.next_power_of_2(length)
+
+
+def _ev(cfg: tuple, n: int) -> str:
+    """The weight loads' eviction policy: ``cfg[n]`` (optional) 1 -> ``evict_first`` (weights are read once per
+    step; x, h, partials and index lists then stay in L2), else the default."""
+    return "evict_first" if len(cfg) > n and cfg[n] else ""
 
 
 def trace_rows(k: int, cols: int, s: int) -> int:
@@ -167,10 +175,10 @@ def trace_rows(k: int, cols: int, s: int) -> int:
 
 
 def launch_gate_up_gemv(x, tx, w1, th, h, cfg, trace=None):
-    """``hm [1, I]`` from ``x [1, H]``: cfg = (BN, BK, warps, stages, S, FIN). Returns the compiled kernel.
+    """``hm [1, I]`` from ``x [1, H]``: cfg = (BN, BK, warps, stages, S, FIN[, EV]). Returns the compiled kernel.
     ``trace``: int64 ``[programs, 8]`` filled with per-program timestamps (diagnostics only)."""
     hid, inter = x.shape[1], h.shape[1]
-    bn, bk, warps, stages, s, fin = cfg
+    bn, bk, warps, stages, s, fin = cfg[:6]
     s, length, ks = _splits(hid, s)
     cols = triton.cdiv(inter, bn)
     scr = torch.empty((cols * s * ks,), device=x.device, dtype=torch.int32)  # per-program index lists
@@ -178,14 +186,15 @@ def launch_gate_up_gemv(x, tx, w1, th, h, cfg, trace=None):
     cnt = counters(x.device, cols) if s > 1 else h
     return _gate_up_gemv[(cols, s)](x, tx, w1, th, h, scr, part, cnt, scr if trace is None else trace, hid, inter,
                                     length, S=s, SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FIN=fin,
-                                    TRACE=trace is not None, num_warps=warps, num_stages=stages)
+                                    EV=_ev(cfg, 6), TRACE=trace is not None, num_warps=warps, num_stages=stages)
 
 
 def launch_down_gemv(h, w2, out, cfg, trace=None):
-    """``out [1, H]`` from ``hm [1, I]``: cfg = (BN, BK, S, warps, stages, FUSED, FIN). Returns the compiled kernel.
+    """``out [1, H]`` from ``hm [1, I]``: cfg = (BN, BK, S, warps, stages, FUSED, FIN[, EV]). Returns the compiled
+    kernel.
     ``trace``: as :func:`launch_gate_up_gemv`."""
     inter, hid = h.shape[1], out.shape[1]
-    bn, bk, s, warps, stages, fused, fin = cfg
+    bn, bk, s, warps, stages, fused, fin = cfg[:7]
     s, length, ks = _splits(inter, s)
     cols = triton.cdiv(hid, bn)
     fused = fused and s > 1
@@ -194,7 +203,7 @@ def launch_down_gemv(h, w2, out, cfg, trace=None):
     scr = torch.empty((cols * s * ks,), device=out.device, dtype=torch.int32)
     k = _down_gemv[(cols, s)](h, w2, out, part, cnt, scr, scr if trace is None else trace, hid, inter, length, S=s,
                               SP=triton.next_power_of_2(s), KS=ks, BN=bn, BK=bk, FUSED=fused, FIN=fin,
-                              TRACE=trace is not None, num_warps=warps, num_stages=stages)
+                              EV=_ev(cfg, 7), TRACE=trace is not None, num_warps=warps, num_stages=stages)
     if s > 1 and not fused:
         reduce_partials(part, out)
     return k

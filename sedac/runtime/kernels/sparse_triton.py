@@ -69,7 +69,8 @@ def _gate_up_dot(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, N, H, I, stride_x,
         wu = tl.load(w_ptr + kk[:, None] * (2 * I) + I + rn[None, :], mask=wmask, other=0.0)
         accg += tl.dot(x, wg, input_precision=PREC)
         accu += tl.dot(x, wu, input_precision=PREC)
-    act_mask_store(accg, accu, rm, rn, N, I, th_ptr, h_ptr, I)
+    th = tl.load(th_ptr + rm, mask=rm < N, other=float("inf"))
+    act_mask_store(accg, accu, th, rm, rn, N, I, h_ptr, I)
 
 
 @triton.jit
