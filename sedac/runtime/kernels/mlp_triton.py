@@ -42,11 +42,15 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use the masked torch path
 
 
-def _configs(space, interp):
+def _configs(space, interp, evict_first=()):
+    """Autotune configs of ``space`` (weights loaded with the default policy) plus ``evict_first`` (configs of the
+    space again with ``evict_first`` weight loads: weights are read once per step, so x, h and the split-K
+    partials stay in L2; on an H200 this made the soft-skip kernels' down 5-12 % faster, run 7)."""
     if INTERPRET:
-        return [triton.Config(interp, num_warps=4)]
+        return [triton.Config({**interp, "EV": ""}, num_warps=4)]
     keys = ("BN", "BK", "S") if len(space[0]) == 5 else ("BN", "BK")
-    return [triton.Config(dict(zip(keys, c[:len(keys)])), num_warps=c[-2], num_stages=c[-1]) for c in space]
+    return [triton.Config({**dict(zip(keys, c[:len(keys)])), "EV": ev}, num_warps=c[-2], num_stages=c[-1])
+            for cs, ev in ((space, ""), (evict_first, "evict_first")) for c in cs]
 
 
 # (BN, BK, warps, stages)
@@ -71,10 +75,16 @@ _DOWN_DOT_SPACE = [(16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (16, 256, 2, 4, 3), (
                    (64, 128, 4, 4, 4), (64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 8, 3), (32, 128, 8, 4, 4),
                    (64, 128, 8, 4, 3), (32, 128, 8, 4, 3), (32, 64, 8, 4, 4), (64, 64, 4, 4, 3)]
 
+# the same configs with evict_first weight loads (run 7, H200: cuBLAS ran 3.80 TB/s on that machine, the keep-all
+# Triton MLP 0.965 of it at M = 1): the configs picked in earlier runs and their neighbours
+_GEMV_EVICT = [(8, 256, 4, 4), (8, 512, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3)]
+_DOWN_GEMV_EVICT = [(32, 256, 4, 8, 3), (64, 128, 8, 4, 3), (16, 256, 4, 4, 3), (16, 512, 4, 8, 3)]
+_DOT_EVICT = [(64, 64, 4, 3), (64, 64, 4, 4), (32, 64, 4, 4)]
+_DOWN_DOT_EVICT = [(64, 128, 4, 4, 4), (64, 64, 8, 4, 4)]
 
-@triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}), key=["H", "I"])
+@triton.autotune(configs=_configs(_GEMV_SPACE, {"BN": 16, "BK": 32}, _GEMV_EVICT), key=["H", "I"])
 @triton.jit
-def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.constexpr):
+def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.constexpr, EV: tl.constexpr):
     """N == 1: h[0, n] = silu(x . Wg[n]) * (x . Wu[n]) for n in this program's BN columns."""
     pid = tl.program_id(0)
     kept = tl.load(keep_ptr) != 0
@@ -89,8 +99,8 @@ def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.
             kmask = kk < H
             x = tl.load(x_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
             wmask = nmask[:, None] & kmask[None, :]
-            wg = tl.load(w_ptr + rn[:, None] * H + kk[None, :], mask=wmask, other=0.0)
-            wu = tl.load(w_ptr + (rn[:, None] + I) * H + kk[None, :], mask=wmask, other=0.0)
+            wg = tl.load(w_ptr + rn[:, None] * H + kk[None, :], mask=wmask, other=0.0, eviction_policy=EV)
+            wu = tl.load(w_ptr + (rn[:, None] + I) * H + kk[None, :], mask=wmask, other=0.0, eviction_policy=EV)
             accg += wg.to(tl.float32) * x[None, :]
             accu += wu.to(tl.float32) * x[None, :]
         g = tl.sum(accg, axis=1)
@@ -99,10 +109,11 @@ def _gate_up_gemv(x_ptr, keep_ptr, w_ptr, h_ptr, H, I, BN: tl.constexpr, BK: tl.
         tl.store(h_ptr + rn, h.to(h_ptr.dtype.element_ty), mask=nmask)
 
 
-@triton.autotune(configs=_configs(_DOWN_GEMV_SPACE, {"BN": 16, "BK": 32, "S": 2}), key=["H", "I"])
+@triton.autotune(configs=_configs(_DOWN_GEMV_SPACE, {"BN": 16, "BK": 32, "S": 2}, _DOWN_GEMV_EVICT),
+                 key=["H", "I"])
 @triton.jit
 def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, H, I,
-               BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr):
+               BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr, EV: tl.constexpr):
     """N == 1: out[0, n] = h . Wd[n] (0 when the row is skipped; weights then unread); split-K over I
     in S slices, finished by :func:`sedac.runtime.kernels.splitk.finish_tile` (in-kernel reduce)."""
     pid, pid_s = tl.program_id(0), tl.program_id(1)
@@ -119,16 +130,17 @@ def _down_gemv(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, H, I,
             kk = k0 + rk
             kmask = kk < k_end
             h = tl.load(h_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + rn[:, None] * I + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(w_ptr + rn[:, None] * I + kk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0,
+                        eviction_policy=EV)
             acc2 += w.to(tl.float32) * h[None, :]
         acc = tl.sum(acc2, axis=1)
     finish_tile(acc[None, :], tl.arange(0, 1), rn, 1, H, out_ptr, H, part_ptr, cnt_ptr, pid, pid_s, S, True)
 
 
-@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}), key=["BM", "H", "I"])
+@triton.autotune(configs=_configs(_DOT_SPACE, {"BN": 16, "BK": 16}, _DOT_EVICT), key=["BM", "H", "I"])
 @triton.jit
 def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, EV: tl.constexpr):
     """2 <= N <= BM: h[m, n] = silu(x[m] . Wg[n]) * (x[m] . Wu[n]) for kept rows (0 for skipped rows)."""
     pid = tl.program_id(0)
     rm = tl.arange(0, BM)
@@ -145,8 +157,8 @@ def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
             kmask = kk < H
             x = tl.load(x_ptr + rm[:, None] * stride_x + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
             wmask = kmask[:, None] & nmask[None, :]
-            wg = tl.load(w_ptr + rn[None, :] * H + kk[:, None], mask=wmask, other=0.0)  # [BK, BN]
-            wu = tl.load(w_ptr + (rn[None, :] + I) * H + kk[:, None], mask=wmask, other=0.0)
+            wg = tl.load(w_ptr + rn[None, :] * H + kk[:, None], mask=wmask, other=0.0, eviction_policy=EV)  # [BK, BN]
+            wu = tl.load(w_ptr + (rn[None, :] + I) * H + kk[:, None], mask=wmask, other=0.0, eviction_policy=EV)
             accg += tl.dot(x, wg, input_precision=PREC)
             accu += tl.dot(x, wu, input_precision=PREC)
         h = accg * tl.sigmoid(accg) * accu
@@ -154,11 +166,12 @@ def _gate_up_dot(x_ptr, keep_ptr, w_ptr, h_ptr, N, H, I, stride_x,
                  mask=(rm[:, None] < N) & nmask[None, :])
 
 
-@triton.autotune(configs=_configs(_DOWN_DOT_SPACE, {"BN": 16, "BK": 16, "S": 2}), key=["BM", "H", "I"])
+@triton.autotune(configs=_configs(_DOWN_DOT_SPACE, {"BN": 16, "BK": 16, "S": 2}, _DOWN_DOT_EVICT),
+                 key=["BM", "H", "I"])
 @triton.jit
 def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, stride_o,
               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, S: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, EV: tl.constexpr):
     """2 <= N <= BM: out[m, n] = h[m] . Wd[n] for kept rows; 0 for skipped rows and skipped steps.
     Split-K over I in S slices (see _down_gemv)."""
     pid, pid_s = tl.program_id(0), tl.program_id(1)
@@ -176,7 +189,8 @@ def _down_dot(h_ptr, keep_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, N, H, I, strid
             kk = k0 + rk
             kmask = kk < k_end
             h = tl.load(h_ptr + rm[:, None] * I + kk[None, :], mask=kv[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(w_ptr + rn[None, :] * I + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            w = tl.load(w_ptr + rn[None, :] * I + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0,
+                        eviction_policy=EV)
             acc += tl.dot(h, w, input_precision=PREC)
     finish_tile(acc, rm, rn, N, H, out_ptr, stride_o, part_ptr, cnt_ptr, pid, pid_s, S, True)
 
