@@ -34,6 +34,10 @@ def _summary(tr: torch.Tensor) -> dict:
             "max_programs_per_sm": int(torch.bincount(tr[:, 7]).max())}
 
 
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _parse(c: str) -> tuple:
     v = [int(t) for t in c.split(",")]
     if len(v) >= 7:  # down: (BN, BK, S, warps, stages, FUSED, FIN[, EV])
@@ -99,10 +103,6 @@ def main() -> None:
                 print(f"level {lv} {kind} {c}: {best}", flush=True)
         res["levels"][str(lv)] = runs
     Path(a.out).write_text(json.dumps(res, indent=1))
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 if __name__ == "__main__":

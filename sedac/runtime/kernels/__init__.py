@@ -5,7 +5,8 @@
 * :func:`sedac.runtime.kernels.mlp_triton.skip_mlp_triton` as the CUDA kernel of ``sedac::skip_mlp``
   (defined, with its CPU/PyTorch implementation, in :mod:`sedac.runtime.mlp_ops`), and
 * :func:`sedac.runtime.kernels.sparse_triton.sparse_mlp_triton` as the CUDA kernel of
-  ``sedac::sparse_mlp`` (soft skip; defined in :mod:`sedac.runtime.sparse_ops`).
+  ``sedac::sparse_mlp`` (soft skip; defined in :mod:`sedac.runtime.sparse_ops`; batch 1 runs the
+  compacting GEMVs of :mod:`~sedac.runtime.kernels.sparse_gemv`).
 
 Triton is imported only by :func:`register`, so CPU-only installs never need a GPU build of triton.
 
@@ -19,8 +20,9 @@ CUDA dispatch rule (the one visible place for kernel choice):
   GEMM, which is not built (prefill is a small share of decode-time cost).
 * ``sedac::token_decide`` (the static token decision of a step, :mod:`sedac.runtime.decide_ops`): one
   Triton launch at every ``N``.
-* ``sedac::sparse_mlp`` follows the same rule: ``1 <= N <= 64`` the Triton soft-skip kernels, larger
-  ``N`` the masked PyTorch reference on cuBLAS (dense GEMMs over the masked inputs, sync-free).
+* ``sedac::sparse_mlp`` follows the same rule with its own limit: ``1 <= N <= 32`` the Triton soft-skip
+  kernels (``sparse_triton.MAX_ROWS``; the tuning may still pick masked cuBLAS for a row bucket), larger ``N``
+  the masked PyTorch reference on cuBLAS (dense GEMMs over the masked inputs, sync-free).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton kernels of ``sedac::sparse_mlp`` (soft skip) at decode shapes (N = 1..64 rows).
+"""Triton kernels of ``sedac::sparse_mlp`` (soft skip) at decode shapes (N = 1..32 rows).
 
 Contract: :mod:`sedac.runtime.sparse_ops` (``x [N, H]``, per-row fp32 thresholds ``thr_x``,
 ``thr_h``, input-major weights ``w1 = Wgu^T [H, 2I]``, ``w2 = Wd^T [I, H]``).
