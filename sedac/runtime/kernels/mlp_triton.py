@@ -45,7 +45,7 @@ MAX_ROWS = 64  #: largest N served by the kernels; bigger batches (prefill) use 
 def _configs(space, interp, evict_first=()):
     """Autotune configs of ``space`` (weights loaded with the default policy) plus ``evict_first`` (configs of the
     space again with ``evict_first`` weight loads: weights are read once per step, so x, h and the split-K
-    partials stay in L2; on an H200 this made the soft-skip kernels' down 5-12 % faster, run 7)."""
+    partials stay in L2; on an H200 this made the soft-skip kernels' down 5-12 % faster, perf.md soft-kernel run 8)."""
     if INTERPRET:
         return [triton.Config({**interp, "EV": ""}, num_warps=4)]
     keys = ("BN", "BK", "S") if len(space[0]) == 5 else ("BN", "BK")
@@ -75,8 +75,8 @@ _DOWN_DOT_SPACE = [(16, 256, 1, 4, 3), (32, 128, 1, 4, 4), (16, 256, 2, 4, 3), (
                    (64, 128, 4, 4, 4), (64, 64, 8, 4, 4), (128, 64, 8, 8, 3), (64, 128, 8, 8, 3), (32, 128, 8, 4, 4),
                    (64, 128, 8, 4, 3), (32, 128, 8, 4, 3), (32, 64, 8, 4, 4), (64, 64, 4, 4, 3)]
 
-# the same configs with evict_first weight loads (run 7, H200: cuBLAS ran 3.80 TB/s on that machine, the keep-all
-# Triton MLP 0.965 of it at M = 1): the configs picked in earlier runs and their neighbours
+# the same configs with evict_first weight loads (soft-kernel run 8 of perf.md, H200: cuBLAS ran 3.80 TB/s on
+# that machine, the keep-all Triton MLP 0.965 of it at M = 1): the configs picked in earlier runs and their neighbours
 _GEMV_EVICT = [(8, 256, 4, 4), (8, 512, 4, 3), (16, 512, 4, 3), (32, 256, 4, 3)]
 _DOWN_GEMV_EVICT = [(32, 256, 4, 8, 3), (64, 128, 8, 4, 3), (16, 256, 4, 4, 3), (16, 512, 4, 8, 3)]
 _DOT_EVICT = [(64, 64, 4, 3), (64, 64, 4, 4), (32, 64, 4, 4)]

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from sedac.runtime.kernels.act_triton import act_mask_store
-from sedac.runtime.kernels.splitk import counters, reduce_partials, sum_splits
+from sedac.runtime.kernels.splitk import arrived_last, counters, reduce_partials, sum_splits
 
 
 @triton.jit
@@ -43,6 +43,16 @@ def _stamp(trace_ptr, slot: tl.constexpr, TRACE: tl.constexpr):
         if slot == 0:
             tl.store(row + 7, tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=tl.int32,
                                                         is_pure=True, pack=1).to(tl.int64))
+
+
+@triton.jit
+def _program_slice(scr_ptr, L, K, S: tl.constexpr, KS: tl.constexpr, BN: tl.constexpr):
+    """Program (j, s): its output columns ``rn`` (BN of them), its input lanes ``ka`` with ``kin`` = inside
+    ``[s * L, (s + 1) * L)`` and below ``K``, and its scratch row (KS int32)."""
+    pid_n, pid_s = tl.program_id(0), tl.program_id(1)
+    ka = pid_s * L + tl.arange(0, KS)
+    return (pid_n * BN + tl.arange(0, BN), ka, ka < tl.minimum(pid_s * L + L, K),
+            scr_ptr + (pid_n * S + pid_s) * KS)
 
 
 @triton.jit
@@ -62,14 +72,10 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
                   FIN: tl.constexpr, EV: tl.constexpr, TRACE: tl.constexpr):
     _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rn, ka, kin, scr = _program_slice(scr_ptr, L, H, S, KS, BN)
     nmask = rn < I
-    k0 = pid_s * L
-    ka = k0 + tl.arange(0, KS)
-    kin = ka < tl.minimum(k0 + L, H)
     xa = tl.load(x_ptr + ka, mask=kin, other=0.0).to(tl.float32)
     th = tl.load(th_ptr + tl.arange(0, 1))
-    scr = scr_ptr + (pid_n * S + pid_s) * KS
     cnt = _compact(ka, (tl.abs(xa) >= tl.load(tx_ptr)) & kin, scr)
     _stamp(trace_ptr, 1, TRACE)
     accg = tl.zeros([BK, BN], dtype=tl.float32)
@@ -92,8 +98,7 @@ def _gate_up_gemv(x_ptr, tx_ptr, w_ptr, th_ptr, h_ptr, scr_ptr, part_ptr, cnt_pt
     else:  # partials part [S, 2, I]; the column block's last program sums them and applies the activation
         tl.store(part_ptr + (pid_s * 2) * I + rn, g, mask=nmask)
         tl.store(part_ptr + (pid_s * 2 + 1) * I + rn, u, mask=nmask)
-        tl.debug_barrier()
-        if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == S - 1:
+        if arrived_last(cnt_ptr + pid_n, S):
             tg = sum_splits(part_ptr, rn, I, 2 * I, S, SP, FIN)
             tu = sum_splits(part_ptr + I, rn, I, 2 * I, S, SP, FIN)
             act_mask_store(tg[None, :], tu[None, :], th, tl.arange(0, 1), rn, 1, I, h_ptr, I)
@@ -107,13 +112,9 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, 
                FIN: tl.constexpr, EV: tl.constexpr, TRACE: tl.constexpr):
     _stamp(trace_ptr, 0, TRACE)
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rn, ka, kin, scr = _program_slice(scr_ptr, L, I, S, KS, BN)
     nmask = rn < H
-    k0 = pid_s * L
-    ka = k0 + tl.arange(0, KS)
-    kin = ka < tl.minimum(k0 + L, I)
     ha = tl.load(h_ptr + ka, mask=kin, other=0.0)
-    scr = scr_ptr + (pid_n * S + pid_s) * KS
     cnt = _compact(ka, (ha != 0.0) & kin, scr)
     _stamp(trace_ptr, 1, TRACE)
     acc = tl.zeros([BK, BN], dtype=tl.float32)
@@ -132,8 +133,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, 
     else:  # partials part [S, 1, H] (the layout reduce_partials finishes when not FUSED)
         tl.store(part_ptr + pid_s * H + rn, tot, mask=nmask)
         if FUSED:
-            tl.debug_barrier()
-            if tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel") == S - 1:
+            if arrived_last(cnt_ptr + pid_n, S):
                 fin = sum_splits(part_ptr, rn, H, H, S, SP, FIN)
                 tl.store(out_ptr + rn, fin.to(out_ptr.dtype.element_ty), mask=nmask)
                 tl.atomic_xchg(cnt_ptr + pid_n, 0)
@@ -147,7 +147,7 @@ def _down_gemv(h_ptr, w_ptr, out_ptr, part_ptr, cnt_ptr, scr_ptr, trace_ptr, H, 
 #: these gathers are not software-pipelined), so 3 throughout. Run 6 (H200, sweep): the best grids are one wave of
 #: about 9 programs per SM (gate/up 296 column blocks x 4 = 1,184; down 56 x 19 = 1,064), fewer programs lose bytes in
 #: flight (gate/up S = 2: 113 us dense vs 75), a second wave adds a tail; the one-tile finish costs gate/up 12 us.
-#: Run 7: evict_first made down 46.2 -> 40.8 us dense, gate/up 79.5 -> 76.0. The first entry serves captures with
+#: Run 8: evict_first made down 46.2 -> 40.8 us dense, gate/up 79.5 -> 76.0. The first entry serves captures with
 #: no tuned entry.
 GATE_UP_GEMV = [(64, 16, 4, 3, 4, 0, 1), (64, 32, 4, 3, 4, 0, 1), (64, 32, 4, 3, 4, 2, 1), (64, 16, 4, 3, 4, 2, 1),
                 (64, 16, 4, 3, 5, 0, 1), (64, 32, 4, 3, 4, 0)]

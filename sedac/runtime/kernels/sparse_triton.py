@@ -22,9 +22,10 @@ Each row masks its own inputs, so a row's output never depends on its batch-mate
 ``+inf`` reads no weight byte.
 
 Launch configuration: tuned once per (device, H, I, row bucket) on dense thresholds and at 50 % sparsity
-(the sum of both times picks) with the caller's real weights, before any graph capture (:func:`tuned_config`); the same configuration
-serves every sparsity level (no per-level retuning is possible per token). Inside a capture with no
-tuned entry, a default configuration is used (never a tuning run). Candidates are timed replayed in a
+(the sum of both times picks) with the caller's real weights, before any graph capture
+(:func:`tuned_config`); the same configuration serves every sparsity level (no per-level retuning is
+possible per token). Inside a capture with no tuned entry, a default configuration is used (never a
+tuning run). Candidates are timed replayed in a
 CUDA graph (:func:`graph_ms`), as decode runs them. For ``N >= 2`` the tuning also
 times the masked PyTorch path (dense cuBLAS GEMMs on the masked inputs): at batch >= 4 the rows'
 masks union to 94-100 % of the weight rows, and when cuBLAS is faster the bucket runs it.
@@ -188,11 +189,11 @@ def tuned_config(x, w1, w2) -> tuple:
     _launch_gate_up(xd, zero, w1, zero, h, gu_space[0])  # dense h for the down timings
     hd = h.clone()
     # each candidate is timed dense and at 50 % sparsity (x: the median |x| of each row; h: half its entries 0),
-    # and the sum picks: configurations with the same dense time differ in fixed cost (run 7: a second wave of
+    # and the sum picks: configurations with the same dense time differ in fixed cost (run 8: a second wave of
     # programs was a tie dense and 1.2 us slower at 25 %)
     tx50 = xd.float().abs().median(dim=1).values.contiguous()
-    h50 = torch.where(hd.float().abs() >= hd.float().abs().median(dim=1, keepdim=True).values, hd,
-                      torch.zeros_like(hd))
+    ha = hd.float().abs()
+    h50 = torch.where(ha >= ha.median(dim=1, keepdim=True).values, hd, torch.zeros_like(hd))
     best_gu = min(gu_space, key=lambda c: sum(graph_ms(lambda t=t: _launch_gate_up(xd, t, w1, zero, h, c))
                                               for t in (zero, tx50)))
     best_dn = min(down_space, key=lambda c: sum(graph_ms(lambda hh=hh: _launch_down(hh, w2, out, c))

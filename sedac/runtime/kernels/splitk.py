@@ -33,6 +33,15 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
+def arrived_last(cnt_ptr, S):
+    """After this program stored its partial: a CTA barrier, then bump the column block's counter (``acq_rel``,
+    the pattern of a grid barrier). True in the one program that arrives last (it alone may read every
+    partial; it resets the counter to 0 when done)."""
+    tl.debug_barrier()
+    return tl.atomic_add(cnt_ptr, 1, sem="acq_rel") == S - 1
+
+
+@triton.jit
 def finish_tile(acc, rm, rn, N, C, out_ptr, stride_o, part_ptr, cnt_ptr, pid_n, pid_s, S,
                 FUSED: tl.constexpr):
     """Write ``acc [BM, BN]`` (rows ``rm``, columns ``rn`` of an ``[N, C]`` output): see module docstring."""
@@ -44,9 +53,7 @@ def finish_tile(acc, rm, rn, N, C, out_ptr, stride_o, part_ptr, cnt_ptr, pid_n, 
         pptrs = part_ptr + (pid_s * N + rm[:, None]) * C + rn[None, :]
         tl.store(pptrs, acc, mask=omask)
         if FUSED:
-            tl.debug_barrier()
-            old = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
-            if old == S - 1:
+            if arrived_last(cnt_ptr + pid_n, S):
                 tot = tl.zeros(acc.shape, dtype=tl.float32)
                 for s in range(0, S):
                     tot += tl.load(part_ptr + (s * N + rm[:, None]) * C + rn[None, :], mask=omask, other=0.0,
