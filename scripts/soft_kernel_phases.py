@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import torch
+import triton
 
 
 def _summary(tr: torch.Tensor) -> dict:
@@ -34,10 +35,6 @@ def _summary(tr: torch.Tensor) -> dict:
             "max_programs_per_sm": int(torch.bincount(tr[:, 7]).max())}
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _parse(c: str) -> tuple:
     v = [int(t) for t in c.split(",")]
     if len(v) >= 7:  # down: (BN, BK, S, warps, stages, FUSED, FIN[, EV])
@@ -52,7 +49,7 @@ def main() -> None:
     ap.add_argument("--gate-up", type=str, nargs="*", default=[], help="extra gate/up configs, e.g. '64,32,4,3,2,0'")
     ap.add_argument("--down", type=str, nargs="*", default=[], help="extra down configs, e.g. '64,32,9,4,3,1,1'")
     a = ap.parse_args()
-    from sedac.bench.decode_soft import _act, row_quantile
+    from sedac.bench.decode_soft import level_thresholds
     from sedac.runtime.kernels import sparse_gemv as sg
     from sedac.runtime.kernels import sparse_triton as st
     from sedac.runtime.sparse_ops import prepare_sparse_weights
@@ -70,18 +67,18 @@ def main() -> None:
     out = torch.empty(1, hid, device=dev, dtype=dt)
     res = {"card": torch.cuda.get_device_name(0), "tuned": [list(gu_cfg), list(dn_cfg)], "levels": {}}
     for lv in a.levels:
-        tx = row_quantile(x, lv)
-        th = row_quantile(_act(x, tx, {"w1": prep[0][0], "w2": prep[0][1]}), lv)
+        tx, th = level_thresholds(x, lv, *prep[0])
         runs = {}
+        st._launch_gate_up(x, tx, prep[0][0], th, h, gu_cfg)
+        hm = h.clone()  # the down kernels' input at this level
         for kind, cfgs in (("gate_up", gus), ("down", dns)):
             for c in cfgs:
                 if kind == "gate_up":
-                    n = sg.trace_rows(hid, triton_cdiv(inter, c[0]), c[4])
+                    n = sg.trace_rows(hid, triton.cdiv(inter, c[0]), c[4])
                     fn = lambda i, tr=None, c=c: sg.launch_gate_up_gemv(x, tx, prep[i][0], th, h, c, trace=tr)  # noqa: E731
                 else:
-                    st._launch_gate_up(x, tx, prep[0][0], th, h, gu_cfg)
-                    n = sg.trace_rows(inter, triton_cdiv(hid, c[0]), c[2])
-                    fn = lambda i, tr=None, c=c: sg.launch_down_gemv(h, prep[i][1], out, c, trace=tr)  # noqa: E731
+                    n = sg.trace_rows(inter, triton.cdiv(hid, c[0]), c[2])
+                    fn = lambda i, tr=None, c=c: sg.launch_down_gemv(hm, prep[i][1], out, c, trace=tr)  # noqa: E731
                 tr = torch.zeros(n, 8, device=dev, dtype=torch.int64)
                 sums = []
                 for rep in range(6):

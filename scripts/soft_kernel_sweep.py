@@ -1,7 +1,7 @@
 """Every launch configuration of the batch-1 soft-skip kernels, timed alone at each sparsity level (GPU).
 
-Why: the tuner picks one configuration per shape on *dense* thresholds, and `sedac bench decode --soft` reports
-only the picked one. This sweep shows each gate/up and down configuration of
+Why: the tuner picks one configuration per shape (timed dense and at 50 % sparsity), and `sedac bench decode --soft`
+reports only the picked one. This sweep shows each gate/up and down configuration of
 :mod:`sedac.runtime.kernels.sparse_gemv` at every level, so a tuning choice (or a kernel change) can be judged
 against the bytes it reads. Qwen2.5-7B MLP shape, bf16, M = 1, three rotating weight sets (each >> L2), one
 CUDA graph of 21 launches, median of 11 replays; dense = the best of `decode_model.dense_references` in the same
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=18944)
     a = ap.parse_args()
     from sedac.bench.decode_model import best_dense_ms, dense_references
-    from sedac.bench.decode_soft import _act, row_quantile
+    from sedac.bench.decode_soft import level_thresholds
     from sedac.runtime.kernels import register
     from sedac.runtime.kernels import sparse_triton as st
     from sedac.runtime.sparse_ops import mlp_bytes_read, prepare_sparse_weights
@@ -66,8 +66,7 @@ def main() -> None:
     res["kernels"] = {str(c): _resources(st._launch_gate_up(x, tx, prep[0][0], th, h, c)) for c in st.GATE_UP_GEMV}
     res["kernels"].update({str(c): _resources(st._launch_down(h, prep[0][1], out, c)) for c in st.DOWN_GEMV})
     for lv in a.levels:
-        tx = row_quantile(x, lv)
-        th = row_quantile(_act(x, tx, {"w1": prep[0][0], "w2": prep[0][1]}), lv)
+        tx, th = level_thresholds(x, lv, *prep[0])
         wf = mlp_bytes_read(x, tx, th, *prep[0])
         st._launch_gate_up(x, tx, prep[0][0], th, h, st.GATE_UP_GEMV[0])
         hs = [h.clone()]

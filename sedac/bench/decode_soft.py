@@ -54,19 +54,21 @@ class SoftControl:
     def mlp(self, li: int, h: torch.Tensor, w: dict) -> torch.Tensor:
         """The layer's soft-skip MLP on ``h [B, H]``; while calibrating, set this layer's thresholds first."""
         if self.calibrating:
-            tx = row_quantile(h, self.level)
-            act = _act(h, tx, w)
+            tx, th = level_thresholds(h, self.level, w["w1"], w["w2"])
             self.thr_x[li].copy_(tx)
-            self.thr_h[li].copy_(row_quantile(act, self.level))
+            self.thr_h[li].copy_(th)
             self.weight_fraction.append(mlp_bytes_read(h, self.thr_x[li], self.thr_h[li], w["w1"], w["w2"])
                                         ["weight_fraction"])
         return torch.ops.sedac.sparse_mlp(h, self.thr_x[li], self.thr_h[li], w["w1"], w["w2"])
 
 
-def _act(x, thr_x, w):
-    inter = w["w2"].shape[0]
-    gu = (torch.where(x.abs() >= thr_x[:, None], x, 0) @ w["w1"]).to(x.dtype)
-    return F.silu(gu[:, :inter]) * gu[:, inter:]
+def level_thresholds(x: torch.Tensor, level: float, w1: torch.Tensor, w2: torch.Tensor) -> tuple:
+    """``(thr_x, thr_h)`` of soft level ``level`` for rows ``x``: per-row quantiles of ``|x|``, then of ``|h|`` where
+    ``h`` is the activation computed from the kept inputs (input-major ``w1 [H, 2I]``, ``w2 [I, H]``)."""
+    tx = row_quantile(x, level)
+    inter = w2.shape[0]
+    gu = (torch.where(x.abs() >= tx[:, None], x, 0) @ w1).to(x.dtype)
+    return tx, row_quantile(F.silu(gu[:, :inter]) * gu[:, inter:], level)
 
 
 def prepare(model) -> None:
@@ -108,9 +110,8 @@ def mlp_soft_microbench(shape, rows: int, levels, dev, dtype, seed: int) -> dict
     fns = dense_references(x, wgu, wd)
     info = {}
     for lv in levels:
-        tx = row_quantile(x, lv)
-        th = row_quantile(_act(x, tx, {"w1": prep[0][0], "w2": prep[0][1]}), lv)
-        y = torch.ops.sedac.sparse_mlp(x, tx, th, *prep[0]).double()  # also tunes (dense) on first call
+        tx, th = level_thresholds(x, lv, *prep[0])
+        y = torch.ops.sedac.sparse_mlp(x, tx, th, *prep[0]).double()  # also tunes (dense + 50 %) on first call
         ref = sparse_mlp_reference(x.double(), tx, th, prep[0][0].double(), prep[0][1].double())
         info[lv] = {"rel_err_vs_fp64": ((y - ref).norm() / ref.norm()).item(),
                     **mlp_bytes_read(x, tx, th, *prep[0])}
